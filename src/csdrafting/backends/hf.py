@@ -1,0 +1,169 @@
+"""transformers / PyTorch backend: any causal LM, and encoder-decoder models (the T5 family).
+
+The KV cache is a transformers DynamicCache (EncoderDecoderCache for T5); rollback crops it, so the
+kept prefix is never recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..protocol import CSDraftingError, ModelInfo
+
+
+def _eos_ids(model) -> frozenset[int]:
+    for src in (getattr(model, "generation_config", None), model.config):
+        eos = getattr(src, "eos_token_id", None) if src is not None else None
+        if eos is not None:
+            return frozenset([eos] if isinstance(eos, int) else eos)
+    return frozenset()
+
+
+def vocab_fingerprint(tokenizer) -> str | None:
+    """Digest of a transformers tokenizer's token table, to tell tokenizers of equal size apart."""
+    if tokenizer is None:
+        return None
+    vocab = tokenizer.get_vocab()
+    h = hashlib.sha256()
+    for tok, i in sorted(vocab.items(), key=lambda kv: kv[1]):
+        h.update(f"{i}\t{tok}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class _HFBase:
+    def __init__(self, model, name: str | None = None, tokenizer=None, precision: str | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self._tokens: list[int] = []
+        self._cache = None
+        cfg = model.config
+        dtype = next(model.parameters()).dtype
+        self.info = ModelInfo(
+            name=name or getattr(cfg, "name_or_path", None) or type(model).__name__,
+            vocab_size=int(model.get_output_embeddings().out_features),
+            n_params=int(sum(p.numel() for p in model.parameters())),
+            eos_token_ids=_eos_ids(model),
+            bos_token_id=getattr(cfg, "bos_token_id", None),
+            context_length=int(getattr(cfg, "max_position_embeddings", None) or (1 << 30)),
+            vocab_fingerprint=vocab_fingerprint(tokenizer),
+            precision=precision or str(dtype).replace("torch.", ""),
+        )
+
+    @property
+    def cached_tokens(self) -> Sequence[int]:
+        return self._tokens
+
+    def rollback(self, n: int) -> None:
+        if n < 0 or n > len(self._tokens):
+            raise CSDraftingError(f"cannot roll back to {n} tokens: the cache holds {len(self._tokens)}")
+        drop = len(self._tokens) - n
+        if drop and self._cache is not None:
+            self._cache.crop(-drop)
+        del self._tokens[n:]
+
+
+class HFCausalLM(_HFBase):
+    """A decoder-only transformers model (any AutoModelForCausalLM)."""
+
+    def begin(self, prompt: Sequence[int]) -> list[int]:
+        return list(prompt)
+
+    @torch.inference_mode()
+    def extend(self, tokens: Sequence[int], logits_from: int = 0) -> np.ndarray:
+        if not tokens:
+            raise CSDraftingError("extend() needs at least one new token")
+        if len(self._tokens) + len(tokens) > self.info.context_length:
+            raise CSDraftingError(
+                f"{self.info.label} holds at most {self.info.context_length} tokens; shorten the prompt or max_new_tokens"
+            )
+        if self._cache is None or not self._tokens:
+            from transformers import DynamicCache
+
+            self._cache = DynamicCache(config=self.model.config)
+        ids = torch.tensor([list(tokens)], dtype=torch.long)
+        out = self.model(input_ids=ids, cache=self._cache, use_cache=True, logits_to_keep=len(tokens) - logits_from)
+        self._tokens.extend(int(t) for t in tokens)
+        return out.logits[0].float().numpy()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None, **kw) -> "HFCausalLM":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not path.exists():
+            raise CSDraftingError(f"model path {path} does not exist")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception:  # a bare checkpoint without tokenizer files still runs on token ids
+            tok = None
+        return cls(model, name=name or path.name, tokenizer=tok)
+
+
+class HFSeq2SeqLM(_HFBase):
+    """An encoder-decoder transformers model (T5 / FLAN-T5). The encoder reads the prompt once; the cache
+    and the engine's sequence are the decoder's, which starts with the decoder start token."""
+
+    def __init__(self, model, name: str | None = None, tokenizer=None, precision: str | None = None) -> None:
+        super().__init__(model, name, tokenizer, precision)
+        self._prompt: list[int] | None = None
+        self._encoder_out = None
+        start = model.config.decoder_start_token_id
+        if start is None:
+            raise CSDraftingError(f"{self.info.name} has no decoder_start_token_id in its config")
+        self.decoder_start = int(start)
+        self.info = ModelInfo(**{**self.info.__dict__, "context_length": 1 << 30})  # relative positions
+
+    @torch.inference_mode()
+    def begin(self, prompt: Sequence[int]) -> list[int]:
+        prompt = list(prompt)
+        if prompt != self._prompt:
+            ids = torch.tensor([prompt], dtype=torch.long)
+            self._encoder_out = self.model.get_encoder()(input_ids=ids)
+            self._prompt = prompt
+            self._tokens, self._cache = [], None
+        return [self.decoder_start]
+
+    @torch.inference_mode()
+    def extend(self, tokens: Sequence[int], logits_from: int = 0) -> np.ndarray:
+        if self._encoder_out is None:
+            raise CSDraftingError("call begin(prompt) before extend()")
+        if self._cache is None or not self._tokens:
+            from transformers import DynamicCache, EncoderDecoderCache
+
+            self._cache = EncoderDecoderCache(DynamicCache(config=self.model.config), DynamicCache(config=self.model.config))
+        ids = torch.tensor([list(tokens)], dtype=torch.long)
+        out = self.model(encoder_outputs=self._encoder_out, decoder_input_ids=ids, cache=self._cache, use_cache=True)
+        self._tokens.extend(int(t) for t in tokens)
+        return out.logits[0, logits_from:].float().numpy()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None, **kw) -> "HFSeq2SeqLM":
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        path = Path(path)
+        if not path.exists():
+            raise CSDraftingError(f"model path {path} does not exist")
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, **kw)
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception:
+            tok = None
+        return cls(model, name=name or path.name, tokenizer=tok)
+
+
+def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None):
+    """Load a transformers checkpoint directory as the right backend class."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    if not path.exists():
+        raise CSDraftingError(f"model path {path} does not exist")
+    cfg = AutoConfig.from_pretrained(path)
+    cls = HFSeq2SeqLM if getattr(cfg, "is_encoder_decoder", False) else HFCausalLM
+    return cls.from_pretrained(path, dtype=dtype, name=name)

@@ -1,0 +1,181 @@
+"""Typed, validated configuration of a cascade and of sampling.
+
+K is stored in ONE spelling inside the engine: cumulative, as the paper writes it (`k_11 = 5, k_12 = 19`:
+the first drafter fills the draft up to 5 new tokens, the second extends it to 19). The authors' code
+spells the same matrix in increments (`[[5, 14, 10], ...]`); `KMatrix.parse` converts, here and only here.
+Row r is the reviewer at level r (0 = target), column c the drafter at level c + 1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from ..protocol import CSDraftingError
+
+Spelling = Literal["cumulative", "increments"]
+
+
+@dataclass(frozen=True)
+class KMatrix:
+    """An m x m upper-triangular matrix of draft quotas, held cumulatively."""
+
+    cumulative: tuple[tuple[int, ...], ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.cumulative)
+
+    @classmethod
+    def parse(cls, rows: Sequence[Sequence[int]] | str, spelling: Spelling = "cumulative") -> "KMatrix":
+        if isinstance(rows, str):
+            try:
+                rows = json.loads(rows)
+            except json.JSONDecodeError as exc:
+                raise CSDraftingError(f"K must be a JSON list of lists such as [[5,14],[0,10]]: {exc}") from None
+        if spelling not in ("cumulative", "increments"):
+            raise CSDraftingError(f"K spelling must be 'cumulative' or 'increments', not {spelling!r}")
+        if not isinstance(rows, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in rows):
+            raise CSDraftingError("K must be a list of rows, e.g. [[5, 14], [0, 10]]")
+        m = len(rows)
+        if m == 0:
+            raise CSDraftingError("K is empty; omit K for plain decoding, or give one row per drafter level")
+        for r, row in enumerate(rows):
+            if len(row) != m:
+                raise CSDraftingError(f"K must be square ({m}x{m}, one row and column per drafter); row {r} has {len(row)} entries")
+            for c, v in enumerate(row):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise CSDraftingError(f"K[{r}][{c}] = {v!r}: entries must be non-negative integers")
+                if c < r and v != 0:
+                    raise CSDraftingError(
+                        f"K[{r}][{c}] = {v}: K must be upper triangular (a reviewer only reviews drafts of smaller "
+                        "drafters); set the entries below the diagonal to 0"
+                    )
+        out = []
+        for r, row in enumerate(rows):
+            vals = list(row[r:])
+            if spelling == "increments":
+                acc, cum = 0, []
+                for v in vals:
+                    acc += v
+                    cum.append(acc)
+            else:
+                cum = vals
+                for c in range(1, len(cum)):
+                    if cum[c] < cum[c - 1]:
+                        raise CSDraftingError(
+                            f"K row {r} decreases ({cum[c - 1]} then {cum[c]}) but is read as cumulative (the paper's "
+                            "spelling); if it lists increments as the authors' code does, say spelling='increments'"
+                        )
+            if cum[-1] <= 0:
+                raise CSDraftingError(f"K row {r} asks for no draft tokens at all; give at least one drafter a quota")
+            out.append(tuple([0] * r + cum))
+        return cls(tuple(out))
+
+    def increments(self) -> list[list[int]]:
+        res = []
+        for r, row in enumerate(self.cumulative):
+            inc, prev = [0] * len(row), 0
+            for c in range(r, len(row)):
+                inc[c] = row[c] - prev
+                prev = row[c]
+            res.append(inc)
+        return res
+
+    def quota(self, reviewer: int, drafter: int) -> int:
+        """Cumulative draft length that `reviewer` wants filled once drafter level `drafter` is done."""
+        return self.cumulative[reviewer][drafter - 1]
+
+    def to_json(self) -> dict:
+        return {"spelling": "cumulative", "K": [list(r) for r in self.cumulative]}
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """transformers-style generation arguments. do_sample=False (or temperature=0) is greedy."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.do_sample and not (self.temperature > 0):
+            raise CSDraftingError(f"temperature must be > 0 when sampling (got {self.temperature}); use do_sample=False for greedy")
+        if self.temperature < 0:
+            raise CSDraftingError(f"temperature must be >= 0 (got {self.temperature})")
+        if self.top_k < 0:
+            raise CSDraftingError(f"top_k must be >= 0, 0 meaning off (got {self.top_k})")
+        if not (0 < self.top_p <= 1):
+            raise CSDraftingError(f"top_p must be in (0, 1] (got {self.top_p})")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """Which K and lenience drive the cascade. `k=None` with no drafters is plain decoding.
+
+    lenience >= 1 applies to INTERMEDIATE reviewers only; the target always reviews with lenience 1, so the
+    output stays exactly the target's (cs-drafting.md section 5). `maxgram_length=None` lets Max-Gram fill
+    whatever its quota asks; an integer makes it propose that many tokens per call (the authors used 10).
+    """
+
+    k: KMatrix | None = None
+    lenience: float = 1.0
+    maxgram_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.lenience >= 1):
+            raise CSDraftingError(f"lenience must be >= 1 (got {self.lenience}); 1 is the strict rule")
+        if self.maxgram_length is not None and self.maxgram_length < 1:
+            raise CSDraftingError(f"maxgram_length must be >= 1 or None (got {self.maxgram_length})")
+
+    @classmethod
+    def make(
+        cls,
+        k: KMatrix | Sequence[Sequence[int]] | str | None = None,
+        spelling: Spelling = "cumulative",
+        lenience: float = 1.0,
+        maxgram_length: int | None = None,
+    ) -> "CascadeConfig":
+        if k is not None and not isinstance(k, KMatrix):
+            k = KMatrix.parse(k, spelling)
+        return cls(k=k, lenience=float(lenience), maxgram_length=maxgram_length)
+
+    @staticmethod
+    def speculative(k: int) -> "CascadeConfig":
+        """Classic speculative decoding: one drafter drafting k tokens autoregressively."""
+        return CascadeConfig.make([[k]])
+
+    def check_levels(self, n_drafters: int) -> None:
+        if n_drafters == 0:
+            if self.k is not None:
+                raise CSDraftingError("K was given but there are no drafters; drop K for plain decoding")
+            return
+        if self.k is None:
+            raise CSDraftingError(f"{n_drafters} drafter(s) need a {n_drafters}x{n_drafters} K matrix")
+        if self.k.size != n_drafters:
+            raise CSDraftingError(
+                f"K is {self.k.size}x{self.k.size} but there are {n_drafters} drafters (Max-Gram counts as one): "
+                f"K needs one row per reviewer above the bottom and one column per drafter, {n_drafters}x{n_drafters}"
+            )
+
+
+def default_k(n_drafters: int) -> KMatrix | None:
+    """A reasonable starting point: each reviewer fills 4 tokens from the level below, Max-Gram 8.
+
+    Use `csdrafting tune` to choose K for your hardware.
+    """
+    if n_drafters == 0:
+        return None
+    rows = []
+    for r in range(n_drafters):
+        row = [0] * n_drafters
+        row[r] = 8 if r == n_drafters - 1 else 4
+        rows.append(row)
+    return KMatrix.parse(rows, "increments")

@@ -1,0 +1,322 @@
+"""The Cascade Speculative Drafting engine.
+
+Levels: 0 is the target, then the neural drafters from largest to smallest, then the bottom proposer
+(Max-Gram, or a neural model that drafts autoregressively). One `step` at reviewer r (cs-drafting.md
+section 3): the drafters below r fill the draft in turn, each up to its cumulative quota K[r][j]
+(horizontal cascade); a neural drafter fills its share by reviewing drafts of the levels below it
+(vertical cascade); then r reviews the whole draft in ONE forward pass.
+
+Plain decoding (no drafters: the target is its own bottom proposer, one token at a time) and classic
+speculative decoding (one neural drafter as the bottom, K = [[k]]) are configurations of this engine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, Union
+
+import numpy as np
+
+from ..drafters.maxgram import MaxGram, common_prefix
+from ..protocol import CSDraftingError, LanguageModel, check_compatible
+from . import acceptance
+from .acceptance import Q
+from .config import CascadeConfig, SamplingConfig
+from .metrics import GenerationMetrics, LevelMetrics
+from .sampling import sample, softmax, warp
+
+Drafter = Union[LanguageModel, MaxGram]
+
+
+@dataclass
+class Draft:
+    """Tokens after a base, each with the distribution it was drawn from and the level that emitted it."""
+
+    tokens: list[int] = field(default_factory=list)
+    qs: list[Q] = field(default_factory=list)
+    src: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def extend(self, other: "Draft") -> None:
+        self.tokens += other.tokens
+        self.qs += other.qs
+        self.src += other.src
+
+    def clip(self, n: int, eos: frozenset[int]) -> bool:
+        """Keep at most n tokens and nothing after an EOS; True if the draft now ends in EOS."""
+        for i, t in enumerate(self.tokens[:n]):
+            if t in eos:
+                n = i + 1
+                break
+        del self.tokens[n:], self.qs[n:], self.src[n:]
+        return bool(self.tokens) and self.tokens[-1] in eos
+
+
+class _ModelLevel:
+    """A neural model as seen by the engine: maps (generated tokens, start) to logits rows.
+
+    It keeps the logits rows it has computed for positions still in the cache, so that after a rollback
+    the row at the divergence point is reused instead of re-evaluating the token before it. When such a
+    row is gone (it was never computed, or was forgotten), the cache rolls back one token further and
+    recomputes it: always correct, at the price of one extra token in the batch.
+    """
+
+    def __init__(self, level: int, model: LanguageModel, kind: str) -> None:
+        self.model = model
+        self.prefix: list[int] = []
+        self.rows: dict[int, np.ndarray] = {}
+        self.metrics = LevelMetrics(level, model.info.label, kind, model.info.n_params)
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        self.prefix = list(self.model.begin(prompt))
+        keep = common_prefix(self.model.cached_tokens, self.prefix)
+        self.rows = {p: r for p, r in self.rows.items() if p < keep}
+
+    def logits_after(self, generated: Sequence[int], start: int) -> np.ndarray:
+        """Rows predicting generated[start], ..., generated[-1] and the token after: len - start + 1 rows."""
+        seq = self.prefix + list(generated)
+        first = len(self.prefix) + start - 1  # input position whose output predicts generated[start]
+        keep = common_prefix(self.model.cached_tokens, seq)
+        keep = min(keep, len(seq))
+        for pos in range(first, keep):
+            if pos not in self.rows:
+                keep = pos
+                break
+        if keep < len(self.model.cached_tokens):
+            self.model.rollback(keep)
+            for p in [p for p in self.rows if p >= keep]:
+                del self.rows[p]
+        if keep < len(seq):
+            new = seq[keep:]
+            logits_from = max(0, first - keep)
+            t0 = time.perf_counter()
+            out = self.model.extend(new, logits_from=logits_from)
+            self.metrics.seconds += time.perf_counter() - t0
+            self.metrics.forward_passes += 1
+            self.metrics.tokens_evaluated += len(new)
+            for i, row in enumerate(out):
+                self.rows[keep + logits_from + i] = row
+        return np.stack([self.rows[p] for p in range(first, len(seq))])
+
+    def forget_before(self, pos: int) -> None:
+        """Drop rows the engine can no longer ask for (positions before the committed text)."""
+        for p in [p for p in self.rows if p < pos]:
+            del self.rows[p]
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]
+    finish_reason: str  # "eos" or "length"
+    metrics: GenerationMetrics
+    config: dict
+
+
+class Cascade:
+    """A target, its drafters (largest first, optionally ending in Max-Gram) and a CascadeConfig."""
+
+    def __init__(self, target: LanguageModel, drafters: Sequence[Drafter] = (), config: CascadeConfig | None = None) -> None:
+        self.config = config or CascadeConfig()
+        drafters = list(drafters)
+        self.config.check_levels(len(drafters))
+        if not isinstance(target, LanguageModel):
+            raise CSDraftingError(f"the target must be a neural model (got {type(target).__name__})")
+        for i, d in enumerate(drafters):
+            if isinstance(d, MaxGram):
+                if i != len(drafters) - 1:
+                    raise CSDraftingError("Max-Gram can only be the last (smallest) drafter: it reviews nothing")
+                if d.bigram is not None and d.bigram.vocab_size != target.info.vocab_size:
+                    raise CSDraftingError(
+                        f"the bigram table covers {d.bigram.vocab_size} tokens but the target's vocabulary has "
+                        f"{target.info.vocab_size}: build the table with the target's tokenizer"
+                    )
+            elif isinstance(d, LanguageModel):
+                check_compatible(target.info, d.info)
+            else:
+                raise CSDraftingError(f"drafter {i} is a {type(d).__name__}, neither a LanguageModel nor MaxGram")
+        self.target = target
+        self.drafters = drafters
+        self.levels: list[_ModelLevel | MaxGram] = [_ModelLevel(0, target, "target")]
+        for i, d in enumerate(drafters, start=1):
+            self.levels.append(d if isinstance(d, MaxGram) else _ModelLevel(i, d, "drafter"))
+        self.bottom = len(self.levels) - 1
+        self.eos = frozenset(target.info.eos_token_ids)
+
+    # ----------------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: Sequence[int],
+        max_new_tokens: int,
+        sampling: SamplingConfig | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> GenerationResult:
+        """Generate up to max_new_tokens after `prompt`, calling on_tokens with each batch of new tokens."""
+        sampling = sampling or SamplingConfig()
+        prompt = [int(t) for t in prompt]
+        self._check_inputs(prompt, max_new_tokens)
+        self.sampling = sampling
+        self.rng = np.random.default_rng(sampling.seed)
+        self.max_new = max_new_tokens
+        self.want_q = sampling.do_sample or self.config.lenience > 1
+        self.prompt = prompt
+        self.metrics = GenerationMetrics(self._fresh_metrics())
+        for lv in self.levels:
+            if isinstance(lv, _ModelLevel):
+                lv.begin(prompt)
+        self._check_context(prompt, max_new_tokens)
+
+        t0 = time.perf_counter()
+        generated: list[int] = []
+        finish = "length"
+        while len(generated) < max_new_tokens:
+            got = self._propose(self.bottom, generated, 1) if self.bottom == 0 else self._step(0, generated)
+            ends = got.clip(max_new_tokens - len(generated), self.eos)
+            generated += got.tokens
+            self.metrics.target_steps += 1
+            for lv in self.levels:
+                if isinstance(lv, _ModelLevel):
+                    lv.forget_before(len(lv.prefix) + len(generated) - 1)
+            if on_tokens:
+                on_tokens(list(got.tokens))
+            if ends:
+                finish = "eos"
+                break
+        self.metrics.seconds = time.perf_counter() - t0
+        self.metrics.new_tokens = len(generated)
+        return GenerationResult(generated, finish, self.metrics, self.describe())
+
+    def describe(self) -> dict:
+        names = [self.target.info.label] + [d.name if isinstance(d, MaxGram) else d.info.label for d in self.drafters]
+        return {
+            "models": names,
+            "K": self.config.k.to_json() if self.config.k else None,
+            "lenience": self.config.lenience,
+            "maxgram_length": self.config.maxgram_length,
+        }
+
+    # ----------------------------------------------------------------------------------------------------
+    def _fresh_metrics(self) -> list[LevelMetrics]:
+        out = []
+        for i, lv in enumerate(self.levels):
+            if isinstance(lv, _ModelLevel):
+                lv.metrics = LevelMetrics(i, lv.metrics.name, lv.metrics.kind, lv.metrics.n_params)
+                out.append(lv.metrics)
+            else:
+                out.append(LevelMetrics(i, lv.name, "statistical", 0))
+        return out
+
+    def _check_inputs(self, prompt: list[int], max_new_tokens: int) -> None:
+        if not prompt:
+            raise CSDraftingError("the prompt is empty: give at least one token (e.g. the BOS token) to condition on")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+            raise CSDraftingError(f"max_new_tokens must be a positive integer (got {max_new_tokens!r})")
+        v = self.target.info.vocab_size
+        bad = [t for t in prompt if not 0 <= t < v]
+        if bad:
+            raise CSDraftingError(f"prompt token ids {bad[:5]} are outside the target's vocabulary [0, {v})")
+
+    def _check_context(self, prompt: list[int], max_new_tokens: int) -> None:
+        for lv in self.levels:
+            if isinstance(lv, _ModelLevel):
+                info = lv.model.info
+                need = len(lv.prefix) + max_new_tokens
+                if need > info.context_length:
+                    room = info.context_length - len(lv.prefix)
+                    hint = f"lower max_new_tokens to {room}" if room > 0 else "shorten the prompt"
+                    raise CSDraftingError(
+                        f"{info.label} holds at most {info.context_length} tokens, but the prompt has {len(prompt)} "
+                        f"and max_new_tokens is {max_new_tokens} ({need} in all): {hint}, or load the model with a "
+                        "larger context"
+                    )
+
+    def _room(self, base: Sequence[int]) -> int:
+        """Draft tokens that can still matter after `base`: the review adds one more."""
+        return self.max_new - len(base) - 1
+
+    def _step(self, r: int, base: list[int]) -> Draft:
+        """Reviewer r: fill a draft from the levels below it (K row r), then review it in one pass."""
+        draft = Draft()
+        room = self._room(base)
+        k = self.config.k
+        for j in range(r + 1, self.bottom + 1):
+            quota = min(k.quota(r, j), room)
+            ends = False
+            while len(draft) < quota:
+                ctx = base + draft.tokens
+                if j == self.bottom:
+                    n = quota - len(draft)
+                    if isinstance(self.levels[j], MaxGram) and self.config.maxgram_length:
+                        n = self.config.maxgram_length
+                    got = self._propose(j, ctx, n)
+                else:
+                    got = self._step(j, ctx)
+                if not got:
+                    break  # the bottom had nothing to offer; leave the rest of this quota empty
+                draft.extend(got)
+                ends = draft.clip(room, self.eos)
+                if ends:
+                    break
+            if ends:
+                break
+        return self._review(r, base, draft)
+
+    def _review(self, r: int, base: list[int], draft: Draft) -> Draft:
+        lv = self.levels[r]
+        rows = lv.logits_after(base + draft.tokens, len(base))
+        lenience = 1.0 if r == 0 else self.config.lenience
+        want_q = self.want_q and r > 0
+        if self.sampling.greedy:
+            v = acceptance.review_greedy(rows, draft.tokens, draft.qs, lenience, want_q)
+        else:
+            v = acceptance.review_sampling(_Warped(rows, self.sampling), draft.tokens, draft.qs, lenience, self.rng, want_q)
+        lv.metrics.record_review(len(draft), v.n_accepted)
+        for i, s in enumerate(draft.src):
+            m = self.metrics.levels[s]
+            m.drafted += 1
+            m.accepted += i < v.n_accepted
+        return Draft(v.tokens, v.qs if want_q else [None] * len(v.tokens), [r] * len(v.tokens))
+
+    def _propose(self, j: int, base: list[int], n: int) -> Draft:
+        """The bottom level proposes up to n tokens after base."""
+        lv = self.levels[j]
+        if isinstance(lv, MaxGram):
+            t0 = time.perf_counter()
+            toks = lv.propose(self.prompt + base, n)
+            m = self.metrics.levels[j]
+            m.seconds += time.perf_counter() - t0
+            m.proposals += 1
+            return Draft(toks, [None] * len(toks), [j] * len(toks))
+        # a neural bottom drafts autoregressively (classic speculative decoding; plain decoding when j == 0)
+        lv.metrics.proposals += 1
+        out = Draft()
+        want_q = self.want_q and j > 0
+        for _ in range(n):
+            row = lv.logits_after(base + out.tokens, len(base) + len(out))[-1]
+            if self.sampling.greedy:
+                x = int(np.argmax(row))
+                q: Q = float(softmax(row)[x]) if want_q else None
+            else:
+                p = warp(row, self.sampling)
+                x = sample(p, self.rng)
+                q = p if want_q else None
+            out.tokens.append(x)
+            out.qs.append(q)
+            out.src.append(j)
+            if x in self.eos:
+                break
+        return out
+
+
+class _Warped:
+    """Lazily warped rows: a review that rejects early never pays for the rows after it."""
+
+    def __init__(self, rows: np.ndarray, cfg: SamplingConfig) -> None:
+        self.rows, self.cfg, self.cache = rows, cfg, {}
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i not in self.cache:
+            self.cache[i] = warp(self.rows[i], self.cfg)
+        return self.cache[i]
