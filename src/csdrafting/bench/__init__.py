@@ -1,0 +1,1 @@
+"""Benchmark helpers: evaluation prompt sets and their calibration/evaluation splits."""
