@@ -26,6 +26,7 @@ def generate(
     seed: int | None = None,
     tokenizer: Tokenizer | None = None,
     on_tokens: Callable[[list[int]], None] | None = None,
+    keep_cache: bool = False,
 ) -> GenerationResult:
     """Generate with Cascade Speculative Drafting; the result is exactly the target's own decoding.
 
@@ -44,4 +45,4 @@ def generate(
             raise CSDraftingError("a text prompt needs a tokenizer; pass tokenizer= or token ids")
         prompt = tokenizer.encode(prompt)
     sampling = SamplingConfig(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    return Cascade(target, drafters, config).generate(prompt, max_new_tokens, sampling, on_tokens)
+    return Cascade(target, drafters, config).generate(prompt, max_new_tokens, sampling, on_tokens, keep_cache)

@@ -152,8 +152,14 @@ class Cascade:
         max_new_tokens: int,
         sampling: SamplingConfig | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
+        keep_cache: bool = False,
     ) -> GenerationResult:
-        """Generate up to max_new_tokens after `prompt`, calling on_tokens with each batch of new tokens."""
+        """Generate up to max_new_tokens after `prompt`, calling on_tokens with each batch of new tokens.
+
+        keep_cache=True lets each model reuse the KV cache of the previous generation for the prefix it
+        shares with this one (same output, less prefill); the default starts every model cold, so that
+        timings of different configurations on the same models are comparable.
+        """
         sampling = sampling or SamplingConfig()
         prompt = [int(t) for t in prompt]
         self._check_inputs(prompt, max_new_tokens)
@@ -165,6 +171,8 @@ class Cascade:
         self.metrics = GenerationMetrics(self._fresh_metrics())
         for lv in self.levels:
             if isinstance(lv, _ModelLevel):
+                if not keep_cache:
+                    lv.model.rollback(0)
                 lv.begin(prompt)
         self._check_context(prompt, max_new_tokens)
 

@@ -1,0 +1,186 @@
+"""A cascade described as data: which models (by store name, tier or path), K, lenience, backend.
+
+`generate`, `demo` and `bench` take such a spec (a JSON file written by `csdrafting tune`, or the built-in
+default); `build()` turns it into live models. A model reference is one of:
+- `NAME:TIER` from the model store, e.g. `qwen2.5-coder-1.5b:F32` (tier defaults to Q4_K_M);
+- a path to a `.gguf` file (llama.cpp backend, or transformers with backend "hf");
+- a path to a transformers checkpoint directory (transformers backend);
+- `maxgram` for the Max-Gram drafter (last drafter only).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cascade.config import CascadeConfig, KMatrix
+from .drafters.maxgram import MaxGram
+from .protocol import CSDraftingError
+
+MAXGRAM = "maxgram"
+
+
+@dataclass
+class CascadeSpec:
+    target: str
+    drafters: list[str] = field(default_factory=list)
+    k: list[list[int]] | None = None
+    k_spelling: str = "cumulative"
+    lenience: float = 1.0
+    maxgram_length: int | None = None
+    backend: str = "llamacpp"  # or "hf"
+    threads: int = 2
+    n_ctx: int = 4096
+    bigram: str | None = "default"  # "default" (the packaged Qwen table), a path, or None
+    note: str = ""  # free text: where the spec came from (e.g. the tuner's prediction)
+
+    def cascade_config(self) -> CascadeConfig:
+        return CascadeConfig.make(self.k, self.k_spelling, self.lenience, self.maxgram_length)
+
+    def validate(self) -> None:
+        if self.backend not in ("llamacpp", "hf"):
+            raise CSDraftingError(f"backend must be 'llamacpp' or 'hf', not {self.backend!r}")
+        if MAXGRAM in self.drafters[:-1]:
+            raise CSDraftingError("maxgram can only be the last drafter")
+        CascadeConfig.check_levels(self.cascade_config(), len(self.drafters))
+        for ref in [self.target, *self.drafters]:
+            if ref != MAXGRAM:
+                check_ref(ref)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "CascadeSpec":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise CSDraftingError(f"unknown keys in cascade config: {sorted(unknown)}; known: {sorted(known)}")
+        if "target" not in data:
+            raise CSDraftingError("a cascade config needs a 'target'")
+        spec = cls(**data)
+        spec.validate()
+        return spec
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CascadeSpec":
+        path = Path(path)
+        if not path.is_file():
+            raise CSDraftingError(f"cascade config {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CSDraftingError(f"cascade config {path} is not valid JSON: {exc}") from None
+        return cls.from_json(data)
+
+    def describe(self) -> str:
+        k = KMatrix.parse(self.k, self.k_spelling).cumulative if self.k else None
+        return (
+            f"target {self.target}; drafters {', '.join(self.drafters) or '(none: plain decoding)'}; "
+            f"K (cumulative) {[list(r) for r in k] if k else '-'}; lenience {self.lenience}; "
+            f"backend {self.backend}, {self.threads} threads"
+        )
+
+
+# The embedded default: the packaged Qwen2.5-Coder pair on llama.cpp. Chosen by measurement with
+# `csdrafting bench` (see README, "Benchmark"); the target's F32 tier is its memory-bound cost profile.
+DEFAULT_SPEC = CascadeSpec(
+    target="qwen2.5-coder-1.5b:F32",
+    drafters=["qwen2.5-coder-0.5b:Q4_K_M", MAXGRAM],
+    k=[[4, 12], [0, 8]],
+    k_spelling="cumulative",
+    lenience=1.0,
+    note="built-in default",
+)
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """'name:TIER' -> (name, TIER); a path -> (path, None)."""
+    if ":" in ref and not Path(ref).exists():
+        name, tier = ref.rsplit(":", 1)
+        return name, tier
+    return ref, None
+
+
+def check_ref(ref: str) -> None:
+    """Raise a clear error if `ref` names neither a store model nor an existing path."""
+    from . import store
+
+    name, tier = split_ref(ref)
+    if name in store.REGISTRY:
+        if tier is not None:
+            store.normalize_tier(tier)
+        return
+    if not Path(name).exists():
+        raise CSDraftingError(
+            f"model {ref!r} is neither a model of the store ({', '.join(store.list_models())}, as NAME:TIER with "
+            f"TIER in {', '.join(store.TIERS)}) nor an existing path"
+        )
+
+
+def resolve(ref: str, backend: str, progress: bool = True) -> Path:
+    """The file or directory that `ref` stands for, preparing it in the store when needed."""
+    from . import store
+
+    check_ref(ref)
+    name, tier = split_ref(ref)
+    if name in store.REGISTRY:
+        tier = store.normalize_tier(tier or store.BASE_TIER)
+        if backend == "hf":
+            return store.ensure_hf_weights(name, tier, progress=progress)
+        return store.ensure_model(name, tier, progress=progress)
+    return Path(name)
+
+
+def load_model(ref: str, backend: str = "llamacpp", threads: int = 2, n_ctx: int = 4096, progress: bool = True):
+    """A LanguageModel for `ref` (see module docstring)."""
+    path = resolve(ref, backend, progress)
+    name, tier = split_ref(ref)
+    label = Path(name).name if tier is None else name
+    if backend == "llamacpp":
+        if path.is_dir():
+            raise CSDraftingError(f"{path} is a directory; the llama.cpp backend needs a .gguf file (or use --backend hf)")
+        from .backends.llamacpp import LlamaCppModel
+
+        return LlamaCppModel(path, n_threads=threads, n_ctx=n_ctx, name=label)
+    import torch
+
+    torch.set_num_threads(threads)
+    from .backends.hf import load_hf
+
+    model = load_hf(path, name=label)
+    if tier is not None:  # dequantized from a GGUF tier: name the tier its values come from
+        model.info = type(model.info)(**{**model.info.__dict__, "precision": f"float32 from {tier}"})
+    return model
+
+
+def build(spec: CascadeSpec, progress: bool = True):
+    """(target, drafters, CascadeConfig) ready for `Cascade`."""
+    from .drafters.bigram import BigramTable
+    from .drafters.corpus import load_default_qwen_bigram
+
+    spec.validate()
+    target = load_model(spec.target, spec.backend, spec.threads, spec.n_ctx, progress)
+    drafters = []
+    for ref in spec.drafters:
+        if ref == MAXGRAM:
+            if spec.bigram == "default":
+                table = load_default_qwen_bigram()
+                table = table if table.vocab_size == target.info.vocab_size else None
+            elif spec.bigram:
+                table = BigramTable.load(spec.bigram)
+            else:
+                table = None
+            drafters.append(MaxGram(table))
+        else:
+            drafters.append(load_model(ref, spec.backend, spec.threads, spec.n_ctx, progress))
+    return target, drafters, spec.cascade_config()
