@@ -1,7 +1,5 @@
 """BigramTable counting/serialization, and the packaged Qwen2.5 table (Max-Gram's fallback)."""
 
-import glob
-import os
 
 import numpy as np
 import pytest
@@ -120,18 +118,11 @@ def test_packaged_qwen_table():
     assert t.next_token(TOK_DEF_SP) in (TOK_UNDERSCORE_SP, TOK_DUNDER_SP)
 
 
-def _find_qwen_gguf():
-    candidates = [os.environ.get("CSDRAFTING_QWEN_GGUF", "")]
-    candidates += sorted(glob.glob("/tmp/dev-models/qwen2.5-coder-*.gguf"))
-    return next((c for c in candidates if c and os.path.isfile(c)), None)
-
-
 @pytest.fixture(scope="module")
-def qwen_vocab():
-    llama_cpp = pytest.importorskip("llama_cpp")
-    gguf = _find_qwen_gguf()
-    if gguf is None:
-        pytest.skip("no Qwen2.5 GGUF (set CSDRAFTING_QWEN_GGUF)")
+def qwen_vocab(qwen05_gguf):
+    import llama_cpp
+
+    gguf = str(qwen05_gguf)
     return gguf, llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
 
 
