@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tiny
-from csdrafting import MaxGram, generate
+from csdrafting import Cascade, CascadeConfig, MaxGram, generate
 
 PROMPTS = [
     [1, 5, 6, 7, 8, 5, 6, 7, 9, 10, 11, 12, 5, 6],
@@ -63,10 +63,10 @@ def _run_all(target, drafters, prompt, n, expect):
         "speculative k=4": generate(T, prompt, [D1], k=[[4]], max_new_tokens=n),
         "speculative small k=6": generate(T, prompt, [D2], k=[[6]], max_new_tokens=n),
         "maxgram only": generate(T, prompt, [MaxGram()], k=[[5]], max_new_tokens=n),
-        "maxgram fixed length": generate(T, prompt, [D1, MaxGram()], k=[[4, 4], [0, 3]], max_new_tokens=n).tokens
-        and generate(T, prompt, [D1, MaxGram()], k=[[4, 4], [0, 3]], max_new_tokens=n, ),
+        "maxgram fixed length": Cascade(T, [D1, MaxGram()], CascadeConfig.make([[4, 4], [0, 3]], maxgram_length=2)).generate(prompt, n),
         "2 drafters vertical": generate(T, prompt, [D1, D2], k=[[4, 4], [0, 3]], max_new_tokens=n),
         "2 drafters horizontal": generate(T, prompt, [D1, D2], k=[[2, 6], [0, 3]], max_new_tokens=n, lenience=2),
+        "horizontal only (zero K row: D1 drafts by itself)": generate(T, prompt, [D1, D2], k=[[2, 6], [0, 0]], max_new_tokens=n),
         "1 drafter + maxgram, authors' llama K": generate(
             T, prompt, [D1, MaxGram()], k=[[13, 10], [0, 10]], k_spelling="increments", lenience=3, max_new_tokens=n
         ),

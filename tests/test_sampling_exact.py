@@ -113,6 +113,7 @@ CONFIGS = {
     "speculative k=3, top-p 0.9": (_spec, [[3]], 1.0, SamplingConfig(True, 1.0, top_p=0.9)),
     "2 drafters + Max-Gram, horizontal K, lenience 3, temperature 0.7, top-p 0.85": (
         _two_plus_mag, [[1, 2, 3], [0, 2, 3], [0, 0, 2]], 3.0, SamplingConfig(True, 0.7, top_p=0.85)),
+    "horizontal only (zero K row), temperature 1.3": (_two_plus_mag, [[1, 2, 3], [0, 0, 0], [0, 0, 2]], 2.0, SamplingConfig(True, 1.3)),
     "1 drafter + Max-Gram, lenience 5, top-k 4": (_one_plus_mag, [[2, 4], [0, 3]], 5.0, SamplingConfig(True, 1.0, top_k=4)),
 }
 

@@ -68,8 +68,10 @@ class KMatrix:
                             f"K row {r} decreases ({cum[c - 1]} then {cum[c]}) but is read as cumulative (the paper's "
                             "spelling); if it lists increments as the authors' code does, say spelling='increments'"
                         )
-            if cum[-1] <= 0:
+            if cum[-1] <= 0 and r == 0:
                 raise CSDraftingError(f"K row {r} asks for no draft tokens at all; give at least one drafter a quota")
+            # a zero row r >= 1: drafter level r reviews nothing and drafts its share autoregressively
+            # (a horizontal-only cascade)
             out.append(tuple([0] * r + cum))
         return cls(tuple(out))
 
@@ -82,6 +84,10 @@ class KMatrix:
                 prev = row[c]
             res.append(inc)
         return res
+
+    def reviews(self, level: int) -> bool:
+        """False when row `level` is all zero: that drafter drafts by itself instead of reviewing."""
+        return level < self.size and self.cumulative[level][-1] > 0
 
     def quota(self, reviewer: int, drafter: int) -> int:
         """Cumulative draft length that `reviewer` wants filled once drafter level `drafter` is done."""

@@ -6,6 +6,9 @@ section 3): the drafters below r fill the draft in turn, each up to its cumulati
 (horizontal cascade); a neural drafter fills its share by reviewing drafts of the levels below it
 (vertical cascade); then r reviews the whole draft in ONE forward pass.
 
+A drafter whose K row is all zero reviews nothing and drafts its share autoregressively: K row 0 filled
+and the rows below zero is the horizontal cascade alone.
+
 Plain decoding (no drafters: the target is its own bottom proposer, one token at a time) and classic
 speculative decoding (one neural drafter as the bottom, K = [[k]]) are configurations of this engine.
 """
@@ -254,7 +257,7 @@ class Cascade:
             ends = False
             while len(draft) < quota:
                 ctx = base + draft.tokens
-                if j == self.bottom:
+                if j == self.bottom or not k.reviews(j):  # a drafter with a zero K row drafts by itself
                     n = quota - len(draft)
                     if isinstance(self.levels[j], MaxGram) and self.config.maxgram_length:
                         n = self.config.maxgram_length
