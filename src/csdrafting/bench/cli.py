@@ -1,0 +1,375 @@
+"""`csdrafting bench`: CS Drafting against plain decoding, speculative decoding and the peers.
+
+    csdrafting bench quick                       # ~10 min on 2 cores: 1 prompt per dataset, 64 tokens
+    csdrafting bench full                        # hours: 10 prompts per dataset, 128 tokens, calibration, peers
+    csdrafting bench full --limit 20 --out runs/big
+    csdrafting bench full --summary-only         # rebuild summary.md and the plots from records.jsonl
+
+Output in --out (default runs/bench-<suite>/): records.jsonl (one record per prompt and method, written
+as it goes; rerun the same command to resume), prompts.json (the token ids every method was given),
+run.json (the settings; a resume with different settings is refused), summary.md and *.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..protocol import CSDraftingError
+from . import datasets as ds_mod
+from .methods import DEFAULT_GRIDS, ENGINE, ENGINE_METHODS, HF, LLAMA, PEERS, build_methods
+from .runner import CALIBRATION, EVAL, ExecutorPool, PromptIds, RecordStore, choose_lengths, exclusive, execute, plan
+from .summary import calibration_failures, exactness_failures, write_summary
+
+
+@dataclass(frozen=True)
+class Suite:
+    limit: int  # eval prompts per dataset
+    calibration_prompts: int  # per dataset; 0 = no calibration, grids collapse to their defaults
+    max_new_tokens: int
+    peers: tuple[str, ...]
+    hf_limit: int  # eval prompts per dataset for the (slow) transformers peers
+    datasets: tuple[str, ...] = ("humaneval", "mmlu", "mtbench")
+
+
+SUITES = {
+    # about 8-10 minutes on this 2-core machine with the F32 1.5B target: no calibration (sd k=4,
+    # maxgram k=8, oracle k=16, llama prompt lookup 10), llama.cpp's prompt lookup as the only peer
+    "quick": Suite(limit=1, calibration_prompts=0, max_new_tokens=64, peers=("llama-pld",), hf_limit=0),
+    # several hours: draft lengths calibrated per dataset on 2 calibration prompts, all peers (the
+    # transformers ones, ~1.5 tok/s for the 1.5B, on the first 3 eval prompts of each dataset)
+    "full": Suite(limit=10, calibration_prompts=2, max_new_tokens=128, peers=PEERS, hf_limit=3),
+}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"draft lengths must be positive integers, got {text!r}")
+    return vals
+
+
+def _names(choices):
+    def parse(text: str) -> tuple[str, ...]:
+        if text.strip().lower() in ("", "none"):
+            return ()
+        vals = tuple(x.strip() for x in text.split(",") if x.strip())
+        bad = [v for v in vals if v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(choices)}")
+        return vals
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..cli import _add_cascade_args
+
+    p = argparse.ArgumentParser(prog="csdrafting bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", nargs="?", choices=sorted(SUITES), help="quick (default) or full")
+    p.add_argument("--suite", dest="suite_opt", choices=sorted(SUITES), help="the same, as an option")
+    p.add_argument("--out", help="output directory (default runs/bench-<suite>)")
+    p.add_argument("--datasets", type=_names(tuple(ds_mod.DATASETS)), help="comma-separated: humaneval,mmlu,mtbench")
+    p.add_argument("--limit", type=int, help="eval prompts per dataset")
+    p.add_argument("--calibration-prompts", type=int, help="calibration prompts per dataset for the draft-length grids (0: no grid)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--methods", type=_names(ENGINE_METHODS), help=f"engine methods (default all): {','.join(ENGINE_METHODS)}")
+    p.add_argument("--peers", type=_names(PEERS), help=f"peers, or 'none': {','.join(PEERS)}")
+    p.add_argument("--hf-limit", type=int, help="eval prompts per dataset for the transformers peers")
+    p.add_argument("--sd-drafter", action="append", help="neural drafter for a classic speculative decoding row (repeat; default: the cascade's)")
+    for kind in ("sd", "maxgram", "oracle", "llama-pld"):
+        p.add_argument(f"--grid-{kind.replace('llama-', '')}", type=_ints, dest=f"grid_{kind.replace('-', '_')}",
+                       help=f"draft lengths tried for {kind} (default {','.join(map(str, DEFAULT_GRIDS[kind]))})")
+    p.add_argument("--timing", choices=["e2e", "decode"], default="e2e",
+                   help="e2e (default): a generation's time includes the prompt's prefill; decode: each model is "
+                        "prefilled untimed first (engine methods and llama.cpp peers; transformers peers stay e2e)")
+    p.add_argument("--hf-target", help="target for the transformers peers (default: the cascade's target, float32)")
+    p.add_argument("--hf-assistant", help="assistant for hf-assisted (default: the first sd drafter)")
+    p.add_argument("--summary-only", action="store_true", help="only rebuild summary.md and the plots from records.jsonl")
+    p.add_argument("--fresh", action="store_true", help="move earlier results in --out aside (into old-<time>/) and start over")
+    p.add_argument("--no-progress", action="store_true")
+    _add_cascade_args(p)
+    return p
+
+
+NOTES = [
+    "Store tiers F32/F16/Q8_0 are rewritten from the published Q4_K_M GGUF: same values, different cost profile; "
+    "the transformers peers run the float32 dequantization of the same Q4_K_M values.",
+    "vertical = the cascade's K with only its diagonal (each level reviewed only by the one above); horizontal = "
+    "the cascade's K row 0 with every lower row zero (no drafter reviews another; each drafts autoregressively).",
+    "oracle = the target's own greedy output (from `plain` on the same prompt) offered as a free k-token draft: "
+    "the ceiling of any drafter at this verification cost.",
+    "llama-pld runs llama-cpp-python's own Llama.generate with LlamaPromptLookupDecoding, which forces "
+    "logits_all=True (a vocabulary-wide logits row for every prompt token as well); llama-plain is the default Llama.",
+    "hf-assisted / hf-pld run transformers' generate with library defaults (assistant: num_assistant_tokens and "
+    "schedule as recorded in each record's config), each against hf-plain on the same prompts.",
+    "Draft lengths of sd, maxgram, oracle and llama-pld are chosen per dataset on calibration-split prompts "
+    "(table below) unless the suite does not calibrate (quick: sd 4, maxgram 8, oracle 16, llama-pld 10).",
+]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def _versions() -> str:
+    out = []
+    for mod in ("llama_cpp", "transformers", "torch"):
+        try:
+            out.append(f"{mod} {__import__(mod).__version__}")
+        except Exception:
+            pass
+    return ", ".join(out)
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """run.json pins what makes records comparable; a resume with other settings is refused."""
+    path = out / "run.json"
+    settings = json.loads(json.dumps(settings))  # compare as stored: tuples become lists
+    if path.exists():
+        old = json.loads(path.read_text())["settings"]
+        diff = [k for k in ("spec", "max_new_tokens", "timing", "hf_target", "hf_assistant") if old.get(k) != settings.get(k)]
+        old_m = {m["name"]: m for m in old.get("methods", [])}
+        diff += [f"method {m['name']}" for m in settings["methods"] if m["name"] in old_m and old_m[m["name"]] != m]
+        if diff:
+            raise CSDraftingError(
+                f"{out} holds results made with other settings ({', '.join(diff)}); resuming would mix them. "
+                "Use another --out, or --fresh to move the old results aside"
+            )
+        settings = {**old, **settings, "methods": list({**old_m, **{m["name"]: m for m in settings["methods"]}}.values())}
+    path.write_text(json.dumps({"settings": settings}, indent=1) + "\n")
+
+
+def _archive(out: Path) -> None:
+    names = ["records.jsonl", "prompts.json", "run.json", "summary.md"] + [p.name for p in out.glob("*.png")]
+    present = [n for n in names if (out / n).exists()]
+    if present:
+        dest = out / f"old-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        dest.mkdir()
+        for n in present:
+            (out / n).rename(dest / n)
+        print(f"moved earlier results to {dest}", file=sys.stderr)
+
+
+def prepare_prompts(out: Path, datasets: list[str], limit: int, cal: int, tokenizer_model) -> tuple[list[PromptIds], list[int]]:
+    """Prompt token ids, cached in prompts.json so a resumed run feeds every method the same ids.
+
+    `tokenizer_model` is called (loading the target) only when some prompt is not cached yet.
+    """
+    from ..text import chat_prompt, encode
+
+    path = out / "prompts.json"
+    cache = json.loads(path.read_text()) if path.exists() else {"eos": None, "prompts": []}
+    have = {(p["phase"], p["dataset"], p["id"]): p for p in cache["prompts"]}
+    model = None
+    result: list[PromptIds] = []
+    for phase, n in ((CALIBRATION, cal), (EVAL, limit)):
+        if n <= 0:
+            continue
+        for ds in datasets:
+            # the split membership and order depend only on ids, never on the chat format
+            items = ds_mod.load(ds, lambda u: u, limit=n, split=phase)
+            for it in items:
+                key = (phase, ds, it.id)
+                if key not in have:
+                    if model is None:
+                        model = tokenizer_model()
+                    text = it.text if it.messages is None else chat_prompt(model, it.messages[0][1])
+                    have[key] = {"phase": phase, "dataset": ds, "id": it.id, "category": it.category,
+                                 "ids": encode(model, text)}
+                p = have[key]
+                result.append(PromptIds(phase, ds, p["id"], tuple(p["ids"]), p.get("category", "")))
+    if model is not None:
+        cache["eos"] = sorted(model.info.eos_token_ids)
+        cache["tokenizer"] = model.info.label
+        cache["prompts"] = list(have.values())
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(cache) + "\n")
+        tmp.replace(path)
+    return result, cache["eos"] or []
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..cli import spec_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.suite and args.suite_opt and args.suite != args.suite_opt:
+        parser.error(f"two suites given: {args.suite} and --suite {args.suite_opt}")
+    args.suite = args.suite or args.suite_opt or "quick"
+    try:
+        return run(args, spec_from_args(args), argv)
+    except CSDraftingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace, spec, argv) -> int:
+    suite = SUITES[args.suite]
+    out = Path(args.out or f"runs/bench-{args.suite}")
+    datasets = list(args.datasets or suite.datasets)
+    limit = suite.limit if args.limit is None else args.limit
+    cal = suite.calibration_prompts if args.calibration_prompts is None else args.calibration_prompts
+    max_new = args.max_new_tokens or suite.max_new_tokens
+    peers = suite.peers if args.peers is None else args.peers
+    hf_limit = suite.hf_limit if args.hf_limit is None else args.hf_limit
+    if args.hf_limit is None and args.peers is not None and any(p.startswith("hf-") for p in peers) and hf_limit <= 0:
+        hf_limit = limit  # asked for by name in a suite that leaves them out: run them on every eval prompt
+    if hf_limit <= 0:
+        peers = tuple(p for p in peers if not p.startswith("hf-"))
+    if min(limit, cal, max_new) < 0 or max_new == 0:
+        raise CSDraftingError("--limit and --calibration-prompts must be >= 0 and --max-new-tokens > 0")
+    grids = {k: v for k, v in {"sd": args.grid_sd, "maxgram": args.grid_maxgram, "oracle": args.grid_oracle,
+                                "llama-pld": args.grid_llama_pld}.items() if v}
+    methods = build_methods(spec, args.methods or ENGINE_METHODS, peers, args.sd_drafter, calibrate=cal > 0, grids=grids)
+    order = [m.name for m in methods]
+    neural = [d for d in (args.sd_drafter or spec.drafters) if d != "maxgram"]
+    hf_target = args.hf_target or spec.target
+    hf_assistant = args.hf_assistant or (neural[0] if neural else None)
+    if "hf-assisted" in order and not hf_assistant:
+        raise CSDraftingError("hf-assisted needs an assistant: give --hf-assistant or a neural drafter")
+    command = "csdrafting bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+    if args.summary_only:
+        return summarize(out, args.suite, command, order)
+    settings = {"spec": spec.to_json(), "max_new_tokens": max_new, "timing": args.timing,
+                "hf_target": hf_target if any(m.family == HF for m in methods) else None,
+                "hf_assistant": hf_assistant if "hf-assisted" in order else None,
+                "methods": [m.to_json() for m in methods]}
+    with exclusive(out):
+        if args.fresh:
+            _archive(out)
+        _check_settings(out, settings)
+        store = RecordStore(out / "records.jsonl")
+        if store.repaired:
+            print(f"records.jsonl: dropped {store.repaired} incomplete or duplicate line(s) left by an interrupted run",
+                  file=sys.stderr)
+        print(f"# bench {args.suite}: {spec.describe()}\n# datasets {','.join(datasets)}; {limit} eval + {cal} calibration "
+              f"prompts each; {max_new} new tokens, greedy; timing {args.timing}; out {out}", file=sys.stderr)
+
+        def engine_factory():
+            from .executors import EngineExecutor
+
+            return EngineExecutor.from_spec(spec, [m for m in methods if m.family == ENGINE])
+
+        eos_box: list[int] = []
+        n_ctx_box: list[int] = []
+
+        def llama_factory():
+            from .executors import LlamaExecutor
+
+            return LlamaExecutor(spec.target, spec.threads, n_ctx_box[0], frozenset(eos_box))
+
+        def hf_factory():
+            from .executors import HFExecutor
+
+            return HFExecutor(hf_target, hf_assistant if "hf-assisted" in order else None, spec.threads, frozenset(eos_box))
+
+        pool = ExecutorPool({ENGINE: engine_factory, LLAMA: llama_factory, HF: hf_factory},
+                            log=lambda m: print(m, file=sys.stderr))
+
+        def tokenizer_model():
+            if any(m.family == ENGINE for m in methods):
+                return pool.get(ENGINE).target
+            from ..spec import load_model
+
+            return load_model(spec.target, spec.backend, spec.threads, spec.n_ctx)
+
+        prompts, eos = prepare_prompts(out, datasets, limit, cal, tokenizer_model)
+        eos_box.extend(eos)
+        longest = max((len(p.ids) for p in prompts), default=0)
+        n_ctx_box.append(min(spec.n_ctx, -(-(longest + max_new + 64) // 256) * 256))
+        units = plan(methods, prompts, hf_limit)
+        pending = sum(u.key not in store for u in units)
+        print(f"# {len(units)} runs planned, {len(units) - pending} already recorded, {pending} to go", file=sys.stderr)
+        t0 = time.perf_counter()
+        finished = False
+        try:
+            execute(units, methods, {(p.phase, p.dataset, p.id): p for p in prompts}, store, pool, max_new,
+                    args.timing, progress=not args.no_progress, extra={"suite": args.suite})
+            finished = True
+        finally:
+            pool.close()
+            if not finished and len(store):  # interrupted or failed: summarize what is there
+                summarize(out, args.suite, command, order, quiet=True)
+        print(f"# done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return summarize(out, args.suite, command, order)
+
+
+def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool = False) -> int:
+    """Write summary.md and the plots from records.jsonl; print it; 1 if an exact method mismatched."""
+    path = out / "records.jsonl"
+    if not path.exists():
+        raise CSDraftingError(f"{path} does not exist: run the benchmark first")
+    store = RecordStore(path)
+    records = store.values()
+    settings = json.loads((out / "run.json").read_text())["settings"] if (out / "run.json").exists() else {}
+    from .methods import Method
+
+    methods = [Method(**{k: (tuple(tuple(r) for r in v) if k == "k" and v else tuple(v) if k in ("drafters", "grid") else v)
+                         for k, v in m.items() if k != "baseline"}) for m in settings.get("methods", [])]
+    choices = choose_lengths(methods, records) if methods else {}
+    names = {}
+    for r in records:
+        for lv in r["metrics"]["levels"]:
+            names.setdefault(lv["name"], lv["kind"])
+    spec = settings.get("spec", {})
+    meta = {
+        "suite": suite,
+        "command": f"`{command}`",
+        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{machine()}; {spec.get('threads', '?')} threads per model; {_versions()}",
+        "target": spec.get("target"),
+        "models": "; ".join(f"{n} ({k})" for n, k in names.items()),
+        "generation": f"greedy, max_new_tokens {settings.get('max_new_tokens', '?')}",
+        "timing": {"e2e": "end to end (tokens/s include each model's prompt prefill)",
+                   "decode": "decoding only (prompt prefilled untimed; transformers peers end to end)"}.get(settings.get("timing"), "?"),
+        "records": f"{sum(r['phase'] == EVAL for r in records)} eval + {sum(r['phase'] == CALIBRATION for r in records)} calibration",
+        "notes": NOTES,
+    }
+    md_path, rows = write_summary(records, out, meta, choices, order or [m.name for m in methods])
+    fails = exactness_failures(rows)
+    cal_fails = calibration_failures(records)
+    if not quiet:
+        print(md_path.read_text())
+        print(f"summary: {md_path}", file=sys.stderr)
+    for r in fails:
+        print(f"!!! EXACTNESS FAILURE: {r.method} on {r.dataset}: only {r.exact_matches}/{r.exact_compared} outputs "
+              f"identical to {r.baseline} !!!", file=sys.stderr)
+    for text in cal_fails:
+        print(f"!!! EXACTNESS FAILURE: {text} differs from its baseline !!!", file=sys.stderr)
+    return 1 if fails or cal_fails else 0

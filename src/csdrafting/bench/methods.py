@@ -1,0 +1,253 @@
+"""The methods a benchmark compares, as data, and the oracle drafter.
+
+Every engine method is a `Cascade` configuration over the SAME loaded models (same target, same precision):
+
+===========  ==================================================================================================
+plain        the target alone, one token per forward pass (the baseline of every engine method)
+sd:<model>   classic speculative decoding: one neural drafter drafting k tokens autoregressively, K = [[k]];
+             k is chosen from a small grid on calibration prompts
+maxgram      Max-Gram alone as the drafter, K = [[k]] (k from a grid)
+vertical     the cascade's drafters, each reviewing only the level right below it: K keeps only the diagonal
+             of the cascade's increments (the target reviews only D1, D1 only D2, ..., the last only Max-Gram)
+horizontal   the cascade's row 0 (D1 fills the first positions, D2 the next, ..., Max-Gram the last) with every
+             row below it zero: no drafter reviews another, each drafts its share autoregressively
+             (the engine treats a zero K row exactly so)
+csd          full CS Drafting: the cascade spec as given (`--config`, else the built-in default)
+oracle       the target's own greedy output (from `plain` on the same prompt) offered as a free draft of k
+             tokens (k from a grid): the ceiling for any drafter at this cost of verification
+===========  ==================================================================================================
+
+Peers run by their own code and are compared with plain decoding of their own backend, in the same run:
+``llama-plain`` / ``llama-pld`` (llama-cpp-python's high-level ``Llama``, without and with its
+``LlamaPromptLookupDecoding``), ``hf-plain`` / ``hf-assisted`` / ``hf-pld`` (transformers ``generate``
+plain, with ``assistant_model=`` and with ``prompt_lookup_num_tokens=``, float32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from ..cascade.config import KMatrix
+from ..drafters.maxgram import MaxGram
+from ..protocol import CSDraftingError
+from ..spec import MAXGRAM, CascadeSpec, split_ref
+
+# what each family of methods is compared with, and which output it must reproduce exactly
+ENGINE, LLAMA, HF = "engine", "llama", "hf"
+BASELINE = {ENGINE: "plain", LLAMA: "llama-plain", HF: "hf-plain"}
+PEERS = ("llama-pld", "hf-assisted", "hf-pld")
+ENGINE_METHODS = ("plain", "sd", "maxgram", "vertical", "horizontal", "csd", "oracle")
+
+# small on purpose: every point runs on every calibration prompt (about 40 s each for 128 tokens here)
+DEFAULT_GRIDS = {
+    "sd": (2, 4, 6, 8),
+    "maxgram": (4, 8, 16),
+    "oracle": (16, 32, 64),
+    "llama-pld": (4, 10),
+}
+# used when a suite does not calibrate (quick): a middle of each grid, or the library default for peers
+DEFAULT_K = {"sd": 4, "maxgram": 8, "oracle": 16, "llama-pld": 10, "hf-pld": 10}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the results table.
+
+    `k` is a cumulative K matrix for fixed engine methods; `grid` lists draft lengths to calibrate, in which
+    case `k_template` says how a length becomes the method's parameters ("[[k]]" for engine methods,
+    "num_pred_tokens" for llama's prompt lookup). `drafters` are model refs as in a cascade spec.
+    """
+
+    name: str
+    family: str  # ENGINE, LLAMA or HF
+    description: str
+    drafters: tuple[str, ...] = ()
+    k: tuple[tuple[int, ...], ...] | None = None
+    lenience: float = 1.0
+    maxgram_length: int | None = None
+    grid: tuple[int, ...] = ()
+    default: int | None = None  # the draft length used when not calibrating
+    params: dict = field(default_factory=dict, compare=False)  # fixed extra parameters (peers)
+
+    @property
+    def baseline(self) -> str:
+        return BASELINE[self.family]
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.name == self.baseline
+
+    @property
+    def tunable(self) -> bool:
+        return bool(self.grid)
+
+    def variant(self, length: int | None) -> str:
+        """Name of one grid point, e.g. 'sd:qwen2.5-coder-0.5b:Q4_K_M@k=4'."""
+        return self.name if length is None else f"{self.name}@k={length}"
+
+    def resolve(self, length: int | None = None) -> dict:
+        """The concrete parameters of a run: K (cumulative) etc. `length` picks a grid point."""
+        out = dict(self.params)
+        if self.grid or self.default is not None:
+            length = self.default if length is None else length
+            if length is None:
+                raise CSDraftingError(f"{self.name} needs a draft length")
+            out["draft_length"] = length
+            if self.family == ENGINE:
+                out["k"] = [[length]]
+        elif self.k is not None:
+            out["k"] = [list(r) for r in self.k]
+        if self.family == ENGINE:
+            out.setdefault("k", None)
+            out["lenience"] = self.lenience
+            out["maxgram_length"] = self.maxgram_length
+            out["drafters"] = list(self.drafters)
+        return out
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["baseline"] = self.baseline
+        return d
+
+
+class Oracle(MaxGram):
+    """A free drafter that knows the answer: it proposes the next tokens of a reference continuation.
+
+    Given the target's own greedy output for this prompt as the reference, every proposal is accepted, so
+    the cascade [target, oracle] with K = [[k]] shows what a perfect k-token drafter would gain at this
+    verification cost. It is a MaxGram subclass only so that the engine treats it as a zero-cost bottom
+    proposer; it proposes nothing once the text leaves the reference.
+    """
+
+    def __init__(self, name: str = "oracle") -> None:
+        super().__init__(None, name)
+        self.prompt: list[int] = []
+        self.reference: list[int] = []
+
+    def set_reference(self, prompt: Sequence[int], reference: Sequence[int]) -> None:
+        self.prompt = [int(t) for t in prompt]
+        self.reference = [int(t) for t in reference]
+
+    def propose(self, seq: Sequence[int], n: int) -> list[int]:
+        p = len(self.prompt)
+        gen = list(seq[p:])
+        if list(seq[:p]) != self.prompt or gen != self.reference[: len(gen)]:
+            return []
+        return self.reference[len(gen) : len(gen) + n]
+
+
+def model_name(ref: str) -> str:
+    """'qwen2.5-coder-0.5b:Q4_K_M' -> 'qwen2.5-coder-0.5b'; a path -> its file/directory name."""
+    from pathlib import Path
+
+    name, _ = split_ref(ref)
+    return Path(name).name.removesuffix(".gguf")
+
+
+def model_label(ref: str) -> str:
+    """Short and unambiguous: 'qwen2.5-coder-0.5b:Q4_K_M' stays so (the precision matters); a path -> its name."""
+    name, tier = split_ref(ref)
+    return f"{model_name(ref)}:{tier}" if tier else model_name(ref)
+
+
+def vertical_k(k: KMatrix) -> list[list[int]]:
+    """Only the diagonal of the increments: each level is filled by the one right below it alone."""
+    inc = k.increments()
+    return [[v if r == c else 0 for c, v in enumerate(row)] for r, row in enumerate(inc)]
+
+
+def horizontal_k(k: KMatrix) -> list[list[int]]:
+    """Row 0 of the cascade (the target's draft, filled by D1, D2, ..., Max-Gram in turn), zero below."""
+    inc = k.increments()
+    return [list(inc[0])] + [[0] * len(inc) for _ in inc[1:]]
+
+
+def _cumulative(rows: list[list[int]]) -> tuple[tuple[int, ...], ...]:
+    return KMatrix.parse(rows, "increments").cumulative
+
+
+def build_methods(
+    spec: CascadeSpec,
+    methods: Sequence[str] = ENGINE_METHODS,
+    peers: Sequence[str] = (),
+    sd_drafters: Sequence[str] | None = None,
+    calibrate: bool = True,
+    grids: dict[str, Sequence[int]] | None = None,
+) -> list[Method]:
+    """The methods of a benchmark, baselines first (each family's baseline precedes its other methods).
+
+    `methods` picks engine methods by kind (names in ENGINE_METHODS; 'plain' is always included when any
+    engine method is). `sd_drafters` are the neural drafters that get a classic speculative decoding row
+    (default: every neural drafter of the spec). `vertical` and `horizontal` need at least two drafters in
+    the spec and are skipped (with a note in the returned list's descriptions) otherwise. `calibrate=False`
+    collapses every grid to its default point.
+    """
+    grids = {**DEFAULT_GRIDS, **(grids or {})}
+    unknown = set(methods) - set(ENGINE_METHODS)
+    if unknown:
+        raise CSDraftingError(f"unknown method(s) {sorted(unknown)}; choose from {list(ENGINE_METHODS)}")
+    bad_peers = set(peers) - set(PEERS)
+    if bad_peers:
+        raise CSDraftingError(f"unknown peer(s) {sorted(bad_peers)}; choose from {list(PEERS)}")
+    spec.validate()
+    neural = [d for d in spec.drafters if d != MAXGRAM]
+    sd_drafters = list(neural if sd_drafters is None else sd_drafters)
+    if MAXGRAM in sd_drafters:
+        raise CSDraftingError("Max-Gram alone is the method 'maxgram', not an sd drafter")
+
+    def tuned(kind: str) -> dict:
+        grid = tuple(grids[kind]) if calibrate else ()
+        return {"grid": grid if len(grid) > 1 else (), "default": grid[0] if len(grid) == 1 else DEFAULT_K[kind]}
+
+    out: list[Method] = []
+    wanted = list(dict.fromkeys(methods))
+    if wanted:
+        out.append(Method("plain", ENGINE, "target alone, autoregressive (the baseline)"))
+    cascade_k = spec.cascade_config().k
+    for kind in wanted:
+        if kind == "sd":
+            for ref in sd_drafters:
+                out.append(Method(
+                    f"sd:{model_label(ref)}", ENGINE,
+                    f"speculative decoding, drafter {ref} drafting k tokens autoregressively",
+                    drafters=(ref,), **tuned("sd"),
+                ))
+        elif kind == "maxgram":
+            out.append(Method("maxgram", ENGINE, "Max-Gram alone as the drafter, k tokens per proposal",
+                              drafters=(MAXGRAM,), **tuned("maxgram")))
+        elif kind in ("vertical", "horizontal"):
+            if cascade_k is None or cascade_k.size < 2:
+                continue  # needs a cascade of at least two drafters
+            rows = vertical_k(cascade_k) if kind == "vertical" else horizontal_k(cascade_k)
+            what = ("each level reviewed only by the level above (diagonal of K)" if kind == "vertical" else
+                    "target reviews drafts filled by each drafter in turn, no drafter reviews another")
+            out.append(Method(kind, ENGINE, f"{kind} cascade only: {what}", drafters=tuple(spec.drafters),
+                              k=_cumulative(rows), lenience=spec.lenience, maxgram_length=spec.maxgram_length))
+        elif kind == "csd":
+            if cascade_k is None:
+                continue
+            out.append(Method("csd", ENGINE, f"CS Drafting: {spec.describe()}", drafters=tuple(spec.drafters),
+                              k=cascade_k.cumulative, lenience=spec.lenience, maxgram_length=spec.maxgram_length))
+        elif kind == "oracle":
+            out.append(Method("oracle", ENGINE, "the target's own greedy output as a free k-token draft (ceiling)",
+                              drafters=("oracle",), **tuned("oracle")))
+    if "llama-pld" in peers:
+        out.append(Method("llama-plain", LLAMA, "llama-cpp-python Llama.generate, greedy, no draft model"))
+        t = tuned("llama-pld")
+        out.append(Method("llama-pld", LLAMA, "llama-cpp-python Llama with LlamaPromptLookupDecoding(num_pred_tokens=k)",
+                          params={"max_ngram_size": 2}, **t))
+    hf = [p for p in peers if p.startswith("hf-")]
+    if hf:
+        out.append(Method("hf-plain", HF, "transformers generate, greedy, float32"))
+        if "hf-assisted" in hf:
+            out.append(Method("hf-assisted", HF, "transformers generate(assistant_model=...), library defaults",
+                              drafters=tuple(sd_drafters[:1])))
+        if "hf-pld" in hf:
+            out.append(Method("hf-pld", HF, "transformers generate(prompt_lookup_num_tokens=k)",
+                              default=DEFAULT_K["hf-pld"]))
+    names = [m.name for m in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise CSDraftingError(f"duplicate method names {sorted(dup)}: give each sd drafter once")
+    return out

@@ -1,0 +1,312 @@
+"""Running a benchmark: units of work, a JSONL record store that survives being killed, and the loop.
+
+A unit is one (phase, dataset, prompt, method variant). Phase "calibration" runs every point of a
+method's draft-length grid on calibration-split prompts; phase "eval" runs each method once, with the
+length that calibration chose for that dataset (best aggregate tokens/s), on eval-split prompts.
+
+Resume: every finished unit is appended to records.jsonl as one line, flushed and fsynced before the
+next unit starts. A run that is killed loses at most the unit in flight; a line cut short by the kill is
+dropped (and the file rewritten without it) when the store is opened again, so each unit ends up with
+exactly one record. Units already recorded are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
+
+from ..protocol import CSDraftingError
+from .methods import HF, Method
+
+CALIBRATION, EVAL = "calibration", "eval"
+
+
+@dataclass(frozen=True)
+class Unit:
+    phase: str
+    dataset: str
+    prompt_id: str
+    method: str
+    length: int | None = None  # the grid point of a calibration unit; None: the chosen (or default) length
+
+    @property
+    def variant(self) -> str:
+        return self.method if self.length is None else f"{self.method}@k={self.length}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.phase}|{self.dataset}|{self.prompt_id}|{self.variant}"
+
+    def baseline_key(self, baseline: str) -> str:
+        return f"{self.phase}|{self.dataset}|{self.prompt_id}|{baseline}"
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    phase: str
+    dataset: str
+    id: str
+    ids: tuple[int, ...]
+    category: str = ""
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+class RecordStore:
+    """records.jsonl: one JSON object per line, keyed by `key`; appends are durable one by one."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.records: dict[str, dict] = {}
+        self.repaired = 0  # lines dropped when opening (cut short by a kill, or duplicated)
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        raw = self.path.read_bytes()
+        keep: list[bytes] = []
+        for line in raw.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                key = rec["key"]
+            except (ValueError, KeyError, TypeError):
+                self.repaired += 1
+                continue
+            if key in self.records:
+                self.repaired += 1
+                continue
+            self.records[key] = rec
+            keep.append(line)
+        if self.repaired or (raw and not raw.endswith(b"\n")):
+            tmp = self.path.with_name(self.path.name + ".partial")
+            tmp.write_bytes(b"".join(line + b"\n" for line in keep))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def append(self, rec: dict) -> None:
+        key = rec["key"]
+        if key in self.records:
+            raise CSDraftingError(f"record {key} already exists")
+        line = json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[key] = rec
+
+    def values(self) -> list[dict]:
+        return list(self.records.values())
+
+
+@contextlib.contextmanager
+def exclusive(out_dir: Path) -> Iterator[None]:
+    """Refuse to run two benchmarks into the same directory at once."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CSDraftingError(f"another `csdrafting bench` is writing to {out_dir}; wait for it or use --out") from None
+        yield
+
+
+# ------------------------------------------------------------------------------------------------ planning
+
+
+def plan(methods: Sequence[Method], prompts: Sequence[PromptIds], hf_limit: int | None = None) -> list[Unit]:
+    """All units, in execution order: calibration before eval, prompt by prompt, methods in list order.
+
+    Calibration runs each family's baseline too (the oracle needs plain's output as its reference, and
+    every grid point is checked for exactness against it). `hf_limit` caps the transformers peers to the
+    first N eval prompts of each dataset (they are slow on CPU).
+    """
+    tunable = [m for m in methods if m.tunable]
+    need_base = {m.baseline for m in tunable}
+    units: list[Unit] = []
+    for p in prompts:
+        if p.phase != CALIBRATION:
+            continue
+        for m in methods:
+            if m.name in need_base:
+                units.append(Unit(CALIBRATION, p.dataset, p.id, m.name))
+        for m in tunable:
+            units.extend(Unit(CALIBRATION, p.dataset, p.id, m.name, k) for k in m.grid)
+    seen: dict[str, int] = {}
+    for p in prompts:
+        if p.phase != EVAL:
+            continue
+        i = seen[p.dataset] = seen.get(p.dataset, -1) + 1
+        for m in methods:
+            if m.family == HF and hf_limit is not None and i >= hf_limit:
+                continue
+            units.append(Unit(EVAL, p.dataset, p.id, m.name))
+    return units
+
+
+def choose_lengths(methods: Sequence[Method], records: Iterable[dict]) -> dict[tuple[str, str], dict]:
+    """Per (dataset, tunable method): the grid point with the best aggregate tokens/s on calibration.
+
+    Aggregate = total new tokens / total seconds over that dataset's calibration prompts (all grid points
+    ran on the same prompts). Returns {"length": k, "tokens_per_second": {k: tok/s}, "prompts": n}.
+    """
+    agg: dict[tuple[str, str], dict[int, list[float]]] = {}
+    prompts: dict[tuple[str, str], set] = {}
+    by_name = {m.name: m for m in methods}
+    for r in records:
+        m = by_name.get(r.get("method"))
+        if r.get("phase") != CALIBRATION or m is None or not m.tunable or r["params"].get("draft_length") is None:
+            continue
+        k = int(r["params"]["draft_length"])
+        t = agg.setdefault((r["dataset"], m.name), {}).setdefault(k, [0.0, 0.0])
+        t[0] += r["new_tokens"]
+        t[1] += r["seconds"]
+        prompts.setdefault((r["dataset"], m.name), set()).add(r["prompt_id"])
+    out = {}
+    for key, per_k in agg.items():
+        tps = {k: (v[0] / v[1] if v[1] > 0 else 0.0) for k, v in sorted(per_k.items())}
+        best = max(tps, key=lambda k: (tps[k], -k))
+        out[key] = {"length": best, "tokens_per_second": tps, "prompts": len(prompts[key])}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+class Executor(Protocol):
+    family: str
+
+    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None,
+            timing: str = "e2e"): ...
+
+    def warmup(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ExecutorPool:
+    """Executors created on first use and warmed up once; the transformers one runs alone (memory)."""
+
+    def __init__(self, factories: dict[str, Callable[[], Executor]], log: Callable[[str], None] = print) -> None:
+        self.factories = factories
+        self.live: dict[str, Executor] = {}
+        self.log = log
+
+    def get(self, family: str) -> Executor:
+        if family not in self.live:
+            if family not in self.factories:
+                raise CSDraftingError(f"no executor for the {family} methods")
+            exclusive_family = family == HF or HF in self.live
+            if exclusive_family:
+                self.close()
+            self.log(f"loading models for the {family} methods ...")
+            ex = self.factories[family]()
+            self.log(f"warming up the {family} models (one short generation each) ...")
+            ex.warmup()
+            self.live[family] = ex
+        return self.live[family]
+
+    def close(self) -> None:
+        for ex in self.live.values():
+            ex.close()
+        self.live.clear()
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def family_order(units: Sequence[Unit], methods: dict[str, Method]) -> list[Unit]:
+    """Engine and llama.cpp units interleaved prompt by prompt; the transformers units after them all."""
+    return [u for u in units if methods[u.method].family != HF] + [u for u in units if methods[u.method].family == HF]
+
+
+def execute(
+    units: Sequence[Unit],
+    methods: Sequence[Method],
+    prompts: dict[tuple[str, str, str], PromptIds],
+    store: RecordStore,
+    pool: ExecutorPool,
+    max_new_tokens: int,
+    timing: str = "e2e",
+    progress: bool = True,
+    warn: Callable[[str], None] | None = None,
+    extra: dict | None = None,
+) -> int:
+    """Run the units not yet in the store; return how many ran. Exactness failures are reported loudly."""
+    from tqdm import tqdm
+
+    by_name = {m.name: m for m in methods}
+    pending = [u for u in family_order(units, by_name) if u.key not in store]
+    if not pending:
+        return 0
+    bar = tqdm(total=len(pending), desc="bench", unit="run", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    say = warn or (lambda msg: bar.write(msg, file=sys.stderr))
+    pool.log = lambda msg: bar.write(msg, file=sys.stderr)
+    choices: dict[tuple[str, str], dict] | None = None
+    done = 0
+    try:
+        for u in pending:
+            m = by_name[u.method]
+            bar.set_description(f"{u.phase[:5]} {u.dataset} {u.prompt_id[-12:]} {u.variant}")
+            length = u.length
+            if u.phase == EVAL and m.tunable:
+                if choices is None or (u.dataset, m.name) not in choices:
+                    choices = choose_lengths(methods, store.values())
+                if (u.dataset, m.name) not in choices:
+                    raise CSDraftingError(f"no calibration records for {m.name} on {u.dataset}: cannot choose its draft length")
+                length = choices[(u.dataset, m.name)]["length"]
+            params = m.resolve(length)
+            prompt = prompts[(u.phase, u.dataset, u.prompt_id)]
+            base = None if m.is_baseline else store.get(u.baseline_key(m.baseline))
+            reference = base["tokens"] if base else None
+            out = pool.get(m.family).run(m, params, list(prompt.ids), max_new_tokens, reference, timing)
+            md = out.metrics.to_dict()
+            match = None if base is None else out.tokens == base["tokens"]
+            rec = {
+                "key": u.key, "phase": u.phase, "dataset": u.dataset, "prompt_id": u.prompt_id,
+                "category": prompt.category, "method": m.name, "variant": u.variant, "family": m.family,
+                "baseline": m.baseline, "params": params, "prompt_tokens": len(prompt.ids),
+                "max_new_tokens": max_new_tokens, "timing": timing, "tokens": out.tokens,
+                "finish_reason": out.finish_reason, "new_tokens": md["new_tokens"], "seconds": md["seconds"],
+                "tokens_per_second": md["tokens_per_second"], "tokens_per_target_pass": md["tokens_per_target_pass"],
+                "standardized_walltime_improvement": md["standardized_walltime_improvement"],
+                "matches_baseline": match, "metrics": md, "config": out.config,
+                "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
+            }
+            store.append(rec)
+            done += 1
+            if match is False:
+                i = first_difference(out.tokens, base["tokens"])
+                say(f"!!! EXACTNESS FAILURE: {u.variant} on {u.dataset}/{u.prompt_id} differs from {m.baseline} "
+                    f"at generated token {i} ({len(out.tokens)} vs {len(base['tokens'])} tokens) !!!")
+            bar.set_postfix_str(f"{md['tokens_per_second']:.2f} tok/s")
+            bar.update(1)
+    finally:
+        bar.close()
+    return done

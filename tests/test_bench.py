@@ -1,0 +1,482 @@
+"""The benchmark's logic, without timing: method list, horizontal cascade and oracle in the engine, the
+record store and resume (an exception mid-run, a killed process, a line cut short), planning and the
+draft-length choice, and the summary math on synthetic records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from csdrafting.bench.executors import EngineExecutor, review_passes
+from csdrafting.bench.methods import (
+    ENGINE,
+    HF,
+    LLAMA,
+    Oracle,
+    build_methods,
+    horizontal_k,
+    vertical_k,
+)
+from csdrafting.bench.runner import (
+    CALIBRATION,
+    EVAL,
+    ExecutorPool,
+    PromptIds,
+    RecordStore,
+    choose_lengths,
+    execute,
+    plan,
+)
+from csdrafting.bench.summary import aggregate, exactness_failures, goal_lines, render_markdown, write_summary
+from csdrafting.cascade.config import CascadeConfig, KMatrix
+from csdrafting.cascade.engine import Cascade
+from csdrafting.drafters.maxgram import MaxGram
+from csdrafting.protocol import CSDraftingError
+from csdrafting.spec import DEFAULT_SPEC, CascadeSpec
+from table_lm import family
+
+T = "qwen2.5-coder-1.5b:F32"
+D = "qwen2.5-coder-0.5b:Q4_K_M"
+SPEC = CascadeSpec(target=T, drafters=[D, "maxgram"], k=[[3, 6], [0, 4]])
+GRIDS = {"sd": (2, 3), "maxgram": (2, 4), "oracle": (4, 8)}
+
+
+# ------------------------------------------------------------------------------------------------ methods
+
+
+def test_method_list_from_default_spec():
+    methods = build_methods(DEFAULT_SPEC, peers=("llama-pld", "hf-assisted", "hf-pld"))
+    names = [m.name for m in methods]
+    assert names == ["plain", "sd:qwen2.5-coder-0.5b:Q4_K_M", "maxgram", "vertical", "horizontal", "csd", "oracle",
+                     "llama-plain", "llama-pld", "hf-plain", "hf-assisted", "hf-pld"]
+    by = {m.name: m for m in methods}
+    # every family's baseline comes before its methods
+    for m in methods:
+        assert names.index(m.baseline) <= names.index(m.name)
+    assert by["plain"].resolve() == {"k": None, "lenience": 1.0, "maxgram_length": None, "drafters": []}
+    assert by["sd:qwen2.5-coder-0.5b:Q4_K_M"].tunable and by["sd:qwen2.5-coder-0.5b:Q4_K_M"].resolve(6)["k"] == [[6]]
+    assert by["csd"].resolve()["k"] == [[4, 12], [0, 8]]
+    assert by["vertical"].resolve()["k"] == [[4, 4], [0, 8]]  # the target reviews only the 0.5B's tokens
+    assert by["horizontal"].resolve()["k"] == [[4, 12], [0, 0]]  # the 0.5B reviews nothing
+    assert by["oracle"].resolve(32)["drafters"] == ["oracle"]
+    assert by["llama-pld"].family == LLAMA and by["llama-pld"].baseline == "llama-plain"
+    assert by["hf-assisted"].family == HF and by["hf-assisted"].drafters == (D,)
+    assert by["hf-pld"].resolve()["draft_length"] == 10
+
+
+def test_method_list_options():
+    quick = build_methods(SPEC, calibrate=False)
+    assert not any(m.tunable for m in quick)
+    assert {m.name: m.resolve().get("draft_length") for m in quick if m.default} == {
+        "sd:qwen2.5-coder-0.5b:Q4_K_M": 4, "maxgram": 8, "oracle": 16}
+    only = build_methods(SPEC, methods=("csd",), peers=())
+    assert [m.name for m in only] == ["plain", "csd"]
+    two = build_methods(SPEC, methods=("sd",), sd_drafters=[D, "qwen2.5-coder-1.5b:Q4_K_M"])
+    assert [m.name for m in two] == ["plain", "sd:qwen2.5-coder-0.5b:Q4_K_M", "sd:qwen2.5-coder-1.5b:Q4_K_M"]
+    single = CascadeSpec(target=T, drafters=[D], k=[[4]])
+    assert [m.name for m in build_methods(single)] == ["plain", "sd:qwen2.5-coder-0.5b:Q4_K_M", "maxgram", "csd", "oracle"]
+    with pytest.raises(CSDraftingError, match="unknown method"):
+        build_methods(SPEC, methods=("beam",))
+    with pytest.raises(CSDraftingError, match="unknown peer"):
+        build_methods(SPEC, peers=("vllm",))
+    with pytest.raises(CSDraftingError, match="duplicate"):
+        build_methods(SPEC, methods=("sd",), sd_drafters=[D, D])
+
+
+def test_vertical_and_horizontal_k_from_the_papers_matrix():
+    k = KMatrix.parse([[5, 14, 10], [0, 1, 10], [0, 0, 10]], "increments")
+    assert vertical_k(k) == [[5, 0, 0], [0, 1, 0], [0, 0, 10]]
+    assert horizontal_k(k) == [[5, 14, 10], [0, 0, 0], [0, 0, 0]]
+    # both are valid K matrices; a zero row is allowed below the target only
+    KMatrix.parse(vertical_k(k), "increments")
+    h = KMatrix.parse(horizontal_k(k), "increments")
+    assert [h.reviews(j) for j in range(4)] == [True, False, False, False]
+    with pytest.raises(CSDraftingError, match="no draft tokens"):
+        KMatrix.parse([[0, 0], [0, 3]])
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+
+def _plain(target, prompt, n):
+    return Cascade(target, []).generate(prompt, n).tokens
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_horizontal_cascade_is_exact_and_drafters_review_nothing(seed):
+    target, (d1, d2) = family(vocab=6, seed=seed, eos=None)
+    prompt = [1, 2, 3, 1, 2]
+    k = [[2, 4, 7], [0, 0, 0], [0, 0, 0]]  # cumulative: d1 fills 2, d2 up to 4, Max-Gram up to 7
+    res = Cascade(target, [d1, d2, MaxGram()], CascadeConfig.make(k)).generate(prompt, 40)
+    assert res.tokens == _plain(target, prompt, 40)
+    lv = res.metrics.levels
+    assert lv[1].reviews == 0 and lv[2].reviews == 0  # nobody below the target reviews
+    assert lv[1].forward_passes > 0 and lv[2].forward_passes > 0  # each drafts autoregressively
+    assert lv[1].drafted > 0 and lv[2].drafted > 0 and lv[3].drafted > 0
+    # vertical counterpart: d1 reviews d2, d2 reviews Max-Gram, the target only sees d1's tokens
+    v = Cascade(target, [d1, d2, MaxGram()], CascadeConfig.make([[2, 0, 0], [0, 2, 0], [0, 0, 3]], "increments"))
+    res_v = v.generate(prompt, 40)
+    assert res_v.tokens == res.tokens
+    assert res_v.metrics.levels[1].reviews > 0 and res_v.metrics.levels[2].reviews > 0
+    assert res_v.metrics.levels[0].reviewed_by_position and res_v.metrics.levels[3].proposals > 0
+
+
+def test_oracle_drafts_the_reference_and_only_it():
+    target, _ = family(vocab=6, seed=3, eos=None)
+    prompt = [1, 2, 3]
+    ref = _plain(target, prompt, 30)
+    oracle = Oracle()
+    oracle.set_reference(prompt, ref)
+    assert oracle.propose(prompt + ref[:5], 4) == ref[5:9]
+    assert oracle.propose(prompt + ref[:28], 10) == ref[28:]
+    assert oracle.propose(prompt + [(ref[0] + 1) % 6], 4) == []  # off the reference: nothing to offer
+    res = Cascade(target, [oracle], CascadeConfig.make([[8]])).generate(prompt, 30)
+    assert res.tokens == ref
+    lv = res.metrics.levels
+    assert lv[1].accepted == lv[1].drafted > 0  # every oracle token accepted
+    assert lv[0].forward_passes == 4  # 30 tokens, 8 + 1 per pass -> ceil(30 / 9)
+    assert res.metrics.standardized_walltime_improvement() == pytest.approx(30 / 4)
+
+
+def test_review_passes_reconstructs_acceptance():
+    prompt_len = 3
+    full = [7, 7, 7, 1, 2, 3, 4, 5]  # prompt + output
+    passes = [
+        (0, [7, 7, 7]),  # prefill, no draft
+        (3, [1, 2, 9, 9]),  # own token 1, draft [2, 9, 9]: 1 accepted
+        (5, [3, 4, 5, 6, 6]),  # own token 3, draft [4, 5, 6, 6] -> only the positions up to the end count
+    ]
+    assert review_passes(passes, full, prompt_len) == [(0, 0), (3, 1), (2, 2)]
+    # transformers' first pass carries the prompt and a draft starting right after it
+    assert review_passes([(0, [7, 7, 7, 1, 2, 0])], full, prompt_len) == [(3, 2)]
+
+
+# ------------------------------------------------------------------------------------------------ runner
+
+
+def _prompts(n_cal=1, n_eval=2, datasets=("humaneval", "mmlu"), seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for ds in datasets:
+        for phase, n in ((CALIBRATION, n_cal), (EVAL, n_eval)):
+            for i in range(n):
+                out.append(PromptIds(phase, ds, f"{ds}/{phase}/{i}", tuple(int(x) for x in rng.integers(1, 6, 7))))
+    return out
+
+
+def _executor(seed=0):
+    target, (d1, _) = family(vocab=6, seed=seed, eos=None)
+    return EngineExecutor(target, {D: d1})
+
+
+class Flaky:
+    """Delegates to an executor; raises (like a crash) on the `fail_at`-th run, optionally sleeps."""
+
+    family = ENGINE
+
+    def __init__(self, inner, fail_at=None, sleep=0.0):
+        self.inner, self.fail_at, self.sleep, self.calls = inner, fail_at, sleep, 0
+
+    def run(self, *a, **kw):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise RuntimeError("simulated crash")
+        time.sleep(self.sleep)
+        return self.inner.run(*a, **kw)
+
+    def warmup(self):
+        self.inner.warmup()
+
+    def close(self):
+        pass
+
+
+def _setup(tmp_path, n_eval=2):
+    methods = build_methods(SPEC, grids=GRIDS)
+    prompts = _prompts(n_eval=n_eval)
+    units = plan(methods, prompts)
+    return methods, {(p.phase, p.dataset, p.id): p for p in prompts}, units
+
+
+def _run(tmp_path, executor, methods, prompts, units):
+    store = RecordStore(tmp_path / "records.jsonl")
+    pool = ExecutorPool({ENGINE: lambda: executor}, log=lambda m: None)
+    return execute(units, methods, prompts, store, pool, max_new_tokens=12, progress=False, warn=lambda m: None)
+
+
+def _lines(path):
+    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+
+
+def test_plan_order_and_calibration_units():
+    methods = build_methods(SPEC, grids=GRIDS, peers=("llama-pld", "hf-pld"))
+    units = plan(methods, _prompts(n_eval=3), hf_limit=1)
+    cal = [u for u in units if u.phase == CALIBRATION]
+    ev = [u for u in units if u.phase == EVAL]
+    assert units == cal + ev
+    first = [u.variant for u in cal if u.prompt_id == "humaneval/calibration/0"]
+    assert first[:2] == ["plain", "llama-plain"]  # baselines of tunable methods run first
+    assert "sd:qwen2.5-coder-0.5b:Q4_K_M@k=3" in first and "oracle@k=8" in first and "llama-pld@k=10" in first
+    assert sum(u.method == "hf-pld" for u in ev) == 2  # hf_limit=1 per dataset
+    assert sum(u.method == "csd" for u in ev) == 6
+    assert len({u.key for u in units}) == len(units)
+
+
+def test_full_run_records_every_unit_once_and_exactly(tmp_path):
+    methods, prompts, units = _setup(tmp_path)
+    assert _run(tmp_path, _executor(), methods, prompts, units) == len(units)
+    recs = _lines(tmp_path / "records.jsonl")
+    assert sorted(r["key"] for r in recs) == sorted(u.key for u in units)
+    assert all(r["matches_baseline"] is not False for r in recs)
+    assert all(r["matches_baseline"] for r in recs if r["method"] != r["baseline"])
+    choices = choose_lengths(methods, recs)
+    assert set(choices) == {(ds, m) for ds in ("humaneval", "mmlu") for m in ("sd:qwen2.5-coder-0.5b:Q4_K_M", "maxgram", "oracle")}
+    for r in recs:
+        if r["phase"] == EVAL and r["method"] == "sd:qwen2.5-coder-0.5b:Q4_K_M":
+            assert r["params"]["draft_length"] == choices[(r["dataset"], r["method"])]["length"]
+    # a second run finds nothing to do
+    assert _run(tmp_path, _executor(), methods, prompts, units) == 0
+
+
+def test_resume_after_a_crash_mid_run(tmp_path):
+    methods, prompts, units = _setup(tmp_path)
+    flaky = Flaky(_executor(), fail_at=len(units) // 2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tmp_path, flaky, methods, prompts, units)
+    before = _lines(tmp_path / "records.jsonl")
+    assert len(before) == len(units) // 2 - 1
+    again = Flaky(_executor())
+    assert _run(tmp_path, again, methods, prompts, units) == len(units) - len(before)
+    assert again.calls == len(units) - len(before)  # nothing recorded was run again
+    recs = _lines(tmp_path / "records.jsonl")
+    assert sorted(r["key"] for r in recs) == sorted(u.key for u in units)
+
+
+def test_store_drops_a_line_cut_short_and_duplicates(tmp_path):
+    path = tmp_path / "records.jsonl"
+    store = RecordStore(path)
+    store.append({"key": "a", "x": 1})
+    store.append({"key": "b", "x": 2})
+    with pytest.raises(CSDraftingError, match="already exists"):
+        store.append({"key": "a", "x": 3})
+    with open(path, "a") as f:
+        f.write(json.dumps({"key": "a", "x": 9}) + "\n")  # a duplicate (never written by us, but repaired)
+        f.write('{"key": "c", "x"')  # killed mid-write
+    store = RecordStore(path)
+    assert store.repaired == 2 and len(store) == 2 and store.get("a")["x"] == 1
+    assert path.read_text().endswith("\n") and len(_lines(path)) == 2
+    store.append({"key": "c", "x": 3})
+    assert [r["key"] for r in _lines(path)] == ["a", "b", "c"]
+
+
+CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+import test_bench as tb
+from pathlib import Path
+out = Path({out!r})
+methods, prompts, units = tb._setup(out)
+tb._run(out, tb.Flaky(tb._executor(), sleep=0.15), methods, prompts, units)
+"""
+
+
+def test_resume_after_the_process_is_killed(tmp_path):
+    methods, prompts, units = _setup(tmp_path)
+    code = CHILD.format(tests=str(Path(__file__).parent), out=str(tmp_path))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    path = tmp_path / "records.jsonl"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if path.exists() and len(path.read_text().splitlines()) >= 5:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    n_before = len(RecordStore(path))
+    assert 5 <= n_before < len(units)
+    with open(path, "a") as f:
+        f.write('{"key": "eval|mmlu|')  # as if the kill had hit in the middle of a write
+    again = Flaky(_executor())
+    assert _run(tmp_path, again, methods, prompts, units) == len(units) - n_before
+    keys = [r["key"] for r in _lines(path)]
+    assert len(keys) == len(set(keys)) == len(units)
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+
+def _level(level, name, kind, n_params, passes, drafted=0, accepted=0, rev=(), acc=()):
+    return {"level": level, "name": name, "kind": kind, "n_params": n_params, "forward_passes": passes,
+            "tokens_evaluated": 0, "seconds": 0.0, "proposals": 0, "reviews": len(rev),
+            "reviewed_by_position": list(rev), "accepted_by_position": list(acc), "drafted": drafted,
+            "accepted": accepted}
+
+
+def _rec(ds, pid, method, tps, tokens, levels, baseline="plain", family_="engine", phase=EVAL, params=None, new=10):
+    cost = sum(lv["forward_passes"] * lv["n_params"] for lv in levels)
+    return {"key": f"{phase}|{ds}|{pid}|{method}", "phase": phase, "dataset": ds, "prompt_id": pid, "method": method,
+            "family": family_, "baseline": baseline, "params": params or {}, "tokens": tokens, "new_tokens": new,
+            "seconds": new / tps, "tokens_per_second": tps,
+            "metrics": {"levels": levels, "standardized_cost": cost, "new_tokens": new}}
+
+
+def _synthetic():
+    out = []
+    plain_tps, csd_tps = [10.0, 20.0, 30.0], [15.0, 20.0, 90.0]
+    csd_passes = [5, 4, 1]
+    for i in range(3):
+        toks = [i, 1, 2]
+        out.append(_rec("humaneval", f"p{i}", "plain", plain_tps[i], toks, [_level(0, "T", "target", 100, 10)]))
+        out.append(_rec("humaneval", f"p{i}", "csd", csd_tps[i], toks if i < 2 else [9, 9, 9], [
+            _level(0, "T", "target", 100, csd_passes[i], rev=(2, 2), acc=(2, 1)),
+            _level(1, "D", "drafter", 10, 6, drafted=8, accepted=6, rev=(3,), acc=(2,)),
+            _level(2, "Max-Gram", "statistical", 0, 0, drafted=4, accepted=1),
+        ]))
+        out.append(_rec("humaneval", f"p{i}", "sd:d", 1.2 * plain_tps[i], toks, [
+            _level(0, "T", "target", 100, 5), _level(1, "D", "drafter", 10, 20, drafted=20, accepted=5)]))
+        out.append(_rec("humaneval", f"p{i}", "llama-plain", 10.0, toks, [_level(0, "T", "target", 100, 10)],
+                        baseline="llama-plain", family_="llama"))
+        out.append(_rec("humaneval", f"p{i}", "llama-pld", 11.0, toks, [
+            _level(0, "T", "target", 100, 8), _level(1, "PLD", "statistical", 0, 0, drafted=4, accepted=2)],
+            baseline="llama-plain", family_="llama"))
+    # a calibration record must not count
+    out.append(_rec("humaneval", "c0", "csd", 1000.0, [0], [_level(0, "T", "target", 100, 1)], phase=CALIBRATION))
+    return out
+
+
+def test_summary_math_on_synthetic_records(tmp_path):
+    rows = {(r.dataset, r.method): r for r in aggregate(_synthetic())}
+    csd = rows[("humaneval", "csd")]
+    assert csd.n == 3
+    assert csd.tps_median == 20.0
+    assert csd.speedup_median == pytest.approx(1.5)  # median of 1.5, 1.0, 3.0 (the ratio of medians is 1.0)
+    assert csd.tokens_per_pass == pytest.approx(30 / 10)
+    assert csd.swi == pytest.approx(3 * 10 * 100 / (3 * 0 + (5 + 4 + 1) * 100 + 3 * 6 * 10))
+    assert [(name, a, d) for name, a, d in csd.level_acceptance] == [("D", 18 / 24, 24), ("Max-Gram", 3 / 12, 12)]
+    assert csd.by_position[0] == [(6, 6), (6, 3)] and csd.by_position[1] == [(9, 6)]
+    assert (csd.exact_matches, csd.exact_compared) == (2, 3)
+    plain = rows[("humaneval", "plain")]
+    assert plain.speedup_median == 1.0 and plain.swi == pytest.approx(1.0) and plain.exact_compared == 0
+    pld = rows[("humaneval", "llama-pld")]
+    assert pld.speedup_median == pytest.approx(1.1) and pld.tokens_per_pass == pytest.approx(10 / 8)
+    assert (pld.exact_matches, pld.exact_compared) == (3, 3) and (pld.vs_plain_matches, pld.vs_plain_compared) == (3, 3)
+    assert rows[("all", "csd")].n == 3
+    assert [r.method for r in exactness_failures(list(rows.values()))] == ["csd"]
+    goal = goal_lines(list(rows.values()))
+    assert "ratio 1.25" in goal[0] and "NOT reached" in goal[0] and "above it" in goal[0]
+    md = render_markdown(list(rows.values()), {"suite": "test"})
+    assert "EXACTNESS FAILURES" in md and "| csd |" in md and "2/3 ⚠️" in md
+    path, _ = write_summary(_synthetic(), tmp_path, {"suite": "test"})
+    assert path.exists()
+    for png in ("speedup.png", "acceptance_by_position.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_choose_lengths_takes_the_best_aggregate_rate():
+    methods = build_methods(SPEC, methods=("sd",), grids={"sd": (2, 4)})
+    recs = []
+    for pid, (s2, s4) in enumerate([(1.0, 2.0), (4.0, 2.0)]):  # k=2: 20 tokens in 5 s; k=4: 20 in 4 s
+        for k, s in ((2, s2), (4, s4)):
+            recs.append({"phase": CALIBRATION, "dataset": "mmlu", "prompt_id": str(pid), "method": "sd:qwen2.5-coder-0.5b:Q4_K_M",
+                         "params": {"draft_length": k}, "new_tokens": 10, "seconds": s})
+    c = choose_lengths(methods, recs)[("mmlu", "sd:qwen2.5-coder-0.5b:Q4_K_M")]
+    assert c["length"] == 4 and c["tokens_per_second"] == {2: 4.0, 4: 5.0} and c["prompts"] == 2
+
+
+def test_settings_change_is_refused(tmp_path):
+    from csdrafting.bench.cli import _check_settings
+
+    s = {"spec": SPEC.to_json(), "max_new_tokens": 64, "timing": "e2e", "hf_target": None, "hf_assistant": None,
+         "methods": [m.to_json() for m in build_methods(SPEC)]}
+    _check_settings(tmp_path, s)
+    _check_settings(tmp_path, s)  # same settings: fine
+    with pytest.raises(CSDraftingError, match="max_new_tokens"):
+        _check_settings(tmp_path, {**s, "max_new_tokens": 128})
+
+
+class _FakeTokenizer:
+    """transformers-style: encode(text, add_special_tokens) and apply_chat_template(tokenize=False)."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) % 97 for c in text[:20]]
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "<user>" + messages[0]["content"] + "<assistant>"
+
+
+class _FakeModel:
+    def __init__(self):
+        from csdrafting.protocol import ModelInfo
+
+        self.tokenizer = _FakeTokenizer()
+        self.info = ModelInfo("fake", 97, 1, frozenset([3, 5]))
+
+
+def test_prompt_ids_are_cached_for_resume(tmp_path):
+    from csdrafting.bench.cli import prepare_prompts
+
+    calls = []
+
+    def model():
+        calls.append(1)
+        return _FakeModel()
+
+    first, eos = prepare_prompts(tmp_path, ["humaneval", "mmlu"], limit=2, cal=1, tokenizer_model=model)
+    assert len(calls) == 1 and eos == [3, 5]
+    assert [(p.phase, p.dataset) for p in first] == [(CALIBRATION, "humaneval"), (CALIBRATION, "mmlu")] + [
+        (EVAL, "humaneval")] * 2 + [(EVAL, "mmlu")] * 2
+    mmlu = [p for p in first if p.dataset == "mmlu"][0]
+    assert mmlu.ids[:16] == tuple(_FakeTokenizer().encode("<user>Question: "))  # chat-formatted
+
+    def no_model():
+        raise AssertionError("everything is cached: the target must not be loaded")
+
+    again, eos2 = prepare_prompts(tmp_path, ["humaneval", "mmlu"], limit=2, cal=1, tokenizer_model=no_model)
+    assert again == first and eos2 == eos
+    more, _ = prepare_prompts(tmp_path, ["humaneval", "mmlu"], limit=3, cal=1, tokenizer_model=model)
+    assert len(calls) == 2 and len(more) == 8 and more[:4] == first[:4]
+
+
+# ------------------------------------------------------------------------------------------------ real models
+
+
+@pytest.mark.real
+def test_bench_cli_end_to_end_on_the_small_model(tmp_path, capsys):
+    """Every engine method and llama.cpp's prompt lookup on one HumanEval prompt, 6 tokens, with the 0.5B
+    as target and drafter (the point is the plumbing, not the speed); then a rerun finds nothing to do."""
+    pytest.importorskip("llama_cpp")
+    from csdrafting import store
+    from csdrafting.bench.cli import main
+
+    small = "qwen2.5-coder-0.5b:Q4_K_M"
+    if not store.model_path("qwen2.5-coder-0.5b", "Q4_K_M").is_file():
+        pytest.skip("the 0.5B GGUF is not in the model store (csdrafting models install)")
+    argv = ["quick", "--out", str(tmp_path), "--datasets", "humaneval", "--limit", "1", "--max-new-tokens", "6",
+            "--target", small, "--drafter", small, "--drafter", "maxgram", "--k", "[[3,6],[0,4]]", "--no-progress"]
+    assert main(argv) == 0
+    recs = _lines(tmp_path / "records.jsonl")
+    assert sorted(r["method"] for r in recs) == sorted(
+        ["plain", "sd:qwen2.5-coder-0.5b:Q4_K_M", "maxgram", "vertical", "horizontal", "csd", "oracle", "llama-plain", "llama-pld"])
+    assert all(r["matches_baseline"] for r in recs if r["method"] != r["baseline"])
+    plain = next(r for r in recs if r["method"] == "plain")
+    assert all(r["tokens"] == plain["tokens"] for r in recs)  # llama.cpp's own decoding agrees too
+    assert (tmp_path / "summary.md").read_text().count("| csd | K=[[3,6],[0,4]] | 1 |") == 2  # humaneval and all
+    assert (tmp_path / "speedup.png").exists() and (tmp_path / "acceptance_by_position.png").exists()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "0 to go" in capsys.readouterr().err
+    assert len(_lines(tmp_path / "records.jsonl")) == len(recs)
