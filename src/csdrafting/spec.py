@@ -91,12 +91,15 @@ class CascadeSpec:
         )
 
 
-# The embedded default: the packaged Qwen2.5-Coder pair on llama.cpp. Chosen by measurement with
-# `csdrafting bench` (see README, "Benchmark"); the target's F32 tier is its memory-bound cost profile.
+# The embedded default: the packaged Qwen2.5-Coder pair on llama.cpp, chosen by measurement (README,
+# "Choosing the default"). The target's F32 tier is its memory-bound cost profile: verifying 15 tokens
+# costs about 2x one token. The 0.5B Q4_K_M fills the first 10 draft positions autoregressively and
+# Max-Gram the next 4 (horizontal cascade); its K row is zero because on this CPU a Q4 model's batched
+# review is compute-bound (8 tokens cost ~5x one), so having it review Max-Gram drafts measured slower.
 DEFAULT_SPEC = CascadeSpec(
     target="qwen2.5-coder-1.5b:F32",
     drafters=["qwen2.5-coder-0.5b:Q4_K_M", MAXGRAM],
-    k=[[4, 12], [0, 8]],
+    k=[[10, 14], [0, 0]],
     k_spelling="cumulative",
     lenience=1.0,
     note="built-in default",
