@@ -280,7 +280,7 @@ def plot(rows: Sequence[Row], out_dir: str | Path) -> list[str]:
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("median speedup over its baseline")
-        ax.set_title("Speedup per method and dataset (peers against their own plain decoding)")
+        ax.set_title("Median speedup per method and dataset\n(peers against their own backend's plain decoding)", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / "speedup.png"
