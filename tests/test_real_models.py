@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from csdrafting import Cascade
+from csdrafting import Cascade, CascadeConfig, LanguageModel, MaxGram
+from csdrafting.drafters.corpus import load_default_qwen_bigram
 from csdrafting.bench.datasets import load
 from csdrafting.spec import DEFAULT_SPEC, build, load_model
 from csdrafting.text import encode
@@ -19,19 +20,27 @@ def default_cascade():
 
 
 def test_default_cascade_is_exact_on_humaneval(default_cascade):
-    """CS Drafting's greedy output equals plain greedy decoding of the same target, token for token."""
+    """The default cascade, and a full vertical + horizontal cascade with lenience, reproduce plain greedy
+    decoding of the same target token for token."""
     target, drafters, config = default_cascade
-    plain, csd = Cascade(target, []), Cascade(target, drafters, config)
+    small = next(d for d in drafters if isinstance(d, LanguageModel))
+    full = CascadeConfig.make([[6, 10], [0, 2]], lenience=2)
+    engines = {
+        "default": Cascade(target, drafters, config),
+        "0.5B reviewing Max-Gram, horizontal, lenience 2": Cascade(target, [small, MaxGram(load_default_qwen_bigram())], full),
+    }
+    plain = Cascade(target, [])
     prompts = load("humaneval", limit=3)
-    accepted = 0
+    accepted = {name: 0 for name in engines}
     for pr in prompts:
         ids = encode(target, pr.text)
         want = plain.generate(ids, N_NEW).tokens
-        got = csd.generate(ids, N_NEW)
-        assert got.tokens == want, f"{pr.id}: cascade output differs from plain decoding"
         assert len(want) == N_NEW or want[-1] in target.info.eos_token_ids
-        accepted += sum(lv.accepted for lv in got.metrics.levels[1:])
-    assert accepted > 0  # the drafters were really used
+        for name, engine in engines.items():
+            got = engine.generate(ids, N_NEW)
+            assert got.tokens == want, f"{pr.id}, {name}: cascade output differs from plain decoding"
+            accepted[name] += sum(lv.accepted for lv in got.metrics.levels[1:])
+    assert all(a > 0 for a in accepted.values()), accepted  # the drafters were really used
 
 
 def test_backends_agree_on_greedy_tokens(qwen05_gguf):

@@ -25,14 +25,14 @@ def run_demo(spec: CascadeSpec, n_prompts: int = 3, max_new_tokens: int = 96, ou
     for pr in prompts:
         ids = encode(target, pr.text)
         results = {}
-        for label, engine in (("plain decoding", plain), ("CS Drafting", cascade)):
+        for label, engine in (("plain decoding", plain), ("cascade", cascade)):
             print(f"\n=== {pr.id} · {label} ({len(ids)} prompt tokens) ===", file=out)
             print(pr.text.rstrip("\n").splitlines()[-1] if pr.text.strip() else "", file=out)
             stream = StreamText(target)
             res = engine.generate(ids, max_new_tokens, on_tokens=lambda t, s=stream: (out.write(s.push(t)), out.flush()))
             print(f"\n--- {res.metrics.tokens_per_second:.2f} tok/s", file=out)
             results[label] = res
-        p, c = results["plain decoding"], results["CS Drafting"]
+        p, c = results["plain decoding"], results["cascade"]
         acc = [lv.acceptance for lv in c.metrics.levels[1:]]
         rows.append((pr.id, p.metrics.tokens_per_second, c.metrics.tokens_per_second, acc, p.tokens == c.tokens,
                      c.metrics.tokens_per_target_pass))
@@ -40,7 +40,7 @@ def run_demo(spec: CascadeSpec, n_prompts: int = 3, max_new_tokens: int = 96, ou
     print(f"\nCascade: {names}; K (cumulative) {config.k.cumulative if config.k else '-'}; lenience {config.lenience}", file=out)
     print(f"greedy, {max_new_tokens} new tokens, backend {spec.backend}, {spec.threads} threads; tok/s include the prompt's prefill\n", file=out)
     acc_head = " ".join(f"acc L{i}".rjust(7) for i in range(1, len(drafters) + 1))
-    head = f"{'prompt':<14} {'plain tok/s':>11} {'CSD tok/s':>10} {'speedup':>8} {acc_head} {'tok/pass':>8} {'identical':>9}"
+    head = f"{'prompt':<14} {'plain tok/s':>11} {'cascade':>10} {'speedup':>8} {acc_head} {'tok/pass':>8} {'identical':>9}"
     print(head, file=out)
     print("-" * len(head), file=out)
     for pid, pt, ct, acc, same, tpp in rows:
@@ -50,6 +50,6 @@ def run_demo(spec: CascadeSpec, n_prompts: int = 3, max_new_tokens: int = 96, ou
     print(f"\nmedian speedup {statistics.median(speedups):.2f}x over {len(rows)} prompts; "
           f"outputs identical to plain decoding: {sum(r[4] for r in rows)}/{len(rows)}", file=out)
     if not all(r[4] for r in rows):
-        print("ERROR: CS Drafting's output differed from plain decoding — this is a bug, please report it", file=out)
+        print("ERROR: the cascade's output differed from plain decoding — this is a bug, please report it", file=out)
         return 1
     return 0
