@@ -40,7 +40,7 @@ from csdrafting.cascade.config import CascadeConfig, KMatrix
 from csdrafting.cascade.engine import Cascade
 from csdrafting.drafters.maxgram import MaxGram
 from csdrafting.protocol import CSDraftingError
-from csdrafting.spec import DEFAULT_SPEC, CascadeSpec
+from csdrafting.spec import CascadeSpec
 from table_lm import family
 
 T = "qwen2.5-coder-1.5b:F32"
@@ -52,8 +52,12 @@ GRIDS = {"sd": (2, 3), "maxgram": (2, 4), "oracle": (4, 8)}
 # ------------------------------------------------------------------------------------------------ methods
 
 
-def test_method_list_from_default_spec():
-    methods = build_methods(DEFAULT_SPEC, peers=("llama-pld", "hf-assisted", "hf-pld"))
+# a two-level cascade (the built-in default has a single drafter, which has no vertical/horizontal rows)
+CASCADE = CascadeSpec(target="qwen2.5-coder-1.5b:F32", drafters=["qwen2.5-coder-0.5b:Q4_K_M", "maxgram"], k=[[4, 12], [0, 8]])
+
+
+def test_method_list_from_a_cascade_spec():
+    methods = build_methods(CASCADE, peers=("llama-pld", "hf-assisted", "hf-pld"))
     names = [m.name for m in methods]
     assert names == ["plain", "sd:qwen2.5-coder-0.5b:Q4_K_M", "maxgram", "vertical", "horizontal", "csd", "oracle",
                      "llama-plain", "llama-pld", "hf-plain", "hf-assisted", "hf-pld"]
