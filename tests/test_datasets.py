@@ -10,7 +10,6 @@ import re
 
 import pytest
 
-from csdrafting.bench import datasets as ds
 from csdrafting.bench.datasets import Prompt, load, split_of
 from csdrafting.protocol import CSDraftingError
 

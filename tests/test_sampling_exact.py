@@ -12,7 +12,6 @@ upward instead of the emission distribution r of its lenient review.
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest

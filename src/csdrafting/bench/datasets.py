@@ -46,7 +46,6 @@ import json
 import re
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from ..protocol import CSDraftingError
