@@ -64,7 +64,7 @@ def test_mismatched_vocabulary(fam):
     other = table_lm.TableLM(np.zeros((7, 7, 7)), "seven-token drafter")
     with pytest.raises(CSDraftingError, match="vocabulary of 7 tokens"):
         generate(t, [1, 2], [other], k=[[2]], max_new_tokens=3)
-    with pytest.raises(CSDraftingError, match="bigram table covers 9"):
+    with pytest.raises(CSDraftingError, match="tables cover 9 tokens"):
         generate(t, [1, 2], [MaxGram(BigramTable(np.full(9, -1)))], k=[[2]], max_new_tokens=3)
 
 

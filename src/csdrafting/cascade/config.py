@@ -127,19 +127,28 @@ class CascadeConfig:
     """Which K and lenience drive the cascade. `k=None` with no drafters is plain decoding.
 
     lenience >= 1 applies to INTERMEDIATE reviewers only; the target always reviews with lenience 1, so the
-    output stays exactly the target's (cs-drafting.md section 5). `maxgram_length=None` lets Max-Gram fill
-    whatever its quota asks; an integer makes it propose that many tokens per call (the authors used 10).
+    output stays exactly the target's (cs-drafting.md section 5). `maxgram_length=None` lets the bottom
+    (statistical) drafter fill whatever its quota asks; an integer makes it propose that many tokens per
+    call (the authors used 10 for Max-Gram).
+
+    dynamic=True turns on cost-aware drafting (cascade/planning.py): K becomes a cap, and each level drafts
+    only as many tokens as its predicted acceptance pays for, given `costs`: one measured CostCurve per
+    level, target first (None for statistical levels). The output stays exact either way.
     """
 
     k: KMatrix | None = None
     lenience: float = 1.0
     maxgram_length: int | None = None
+    dynamic: bool = False
+    costs: tuple | None = None  # tuple[CostCurve | None, ...], one per level
 
     def __post_init__(self) -> None:
         if not (self.lenience >= 1):
             raise CSDraftingError(f"lenience must be >= 1 (got {self.lenience}); 1 is the strict rule")
-        if self.maxgram_length is not None and self.maxgram_length < 1:
+        if self.maxgram_length is not None and (isinstance(self.maxgram_length, bool) or self.maxgram_length < 1):
             raise CSDraftingError(f"maxgram_length must be >= 1 or None (got {self.maxgram_length})")
+        if not isinstance(self.dynamic, bool):
+            raise CSDraftingError(f"dynamic must be true or false (got {self.dynamic!r})")
 
     @classmethod
     def make(
@@ -148,10 +157,13 @@ class CascadeConfig:
         spelling: Spelling = "cumulative",
         lenience: float = 1.0,
         maxgram_length: int | None = None,
+        dynamic: bool = False,
+        costs: Sequence | None = None,
     ) -> "CascadeConfig":
         if k is not None and not isinstance(k, KMatrix):
             k = KMatrix.parse(k, spelling)
-        return cls(k=k, lenience=float(lenience), maxgram_length=maxgram_length)
+        return cls(k=k, lenience=float(lenience), maxgram_length=maxgram_length, dynamic=dynamic,
+                   costs=tuple(costs) if costs is not None else None)
 
     @staticmethod
     def speculative(k: int) -> "CascadeConfig":

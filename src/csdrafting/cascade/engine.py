@@ -1,7 +1,7 @@
 """The Cascade Speculative Drafting engine.
 
 Levels: 0 is the target, then the neural drafters from largest to smallest, then the bottom proposer
-(Max-Gram, or a neural model that drafts autoregressively). One `step` at reviewer r (cs-drafting.md
+(a statistical drafter such as Max-Gram, or a neural model that drafts autoregressively). One `step` at reviewer r (cs-drafting.md
 section 3): the drafters below r fill the draft in turn, each up to its cumulative quota K[r][j]
 (horizontal cascade); a neural drafter fills its share by reviewing drafts of the levels below it
 (vertical cascade); then r reviews the whole draft in ONE forward pass.
@@ -11,25 +11,32 @@ and the rows below zero is the horizontal cascade alone.
 
 Plain decoding (no drafters: the target is its own bottom proposer, one token at a time) and classic
 speculative decoding (one neural drafter as the bottom, K = [[k]]) are configurations of this engine.
+
+With `CascadeConfig.dynamic`, K is a cap: each level drafts only what its predicted acceptance pays for at
+the reviewer's measured cost (cascade/planning.py). A neural drafter stops when its own confidence no
+longer pays and hands the rest of the draft to the level below (the horizontal cascade, made dynamic); a
+statistical level keeps only the prefix of its proposal that pays; an empty draft is a plain step.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence, Union
 
 import numpy as np
 
-from ..drafters.maxgram import MaxGram, common_prefix
+from ..drafters.base import StatisticalDrafter
+from ..drafters.maxgram import common_prefix
 from ..protocol import CSDraftingError, LanguageModel, check_compatible
 from . import acceptance
 from .acceptance import Q
 from .config import CascadeConfig, SamplingConfig
 from .metrics import GenerationMetrics, LevelMetrics
+from .planning import CostCurve, DraftValue, best_length, worth_more
 from .sampling import sample, softmax, warp
 
-Drafter = Union[LanguageModel, MaxGram]
+Drafter = Union[LanguageModel, StatisticalDrafter]
 
 
 @dataclass
@@ -39,6 +46,8 @@ class Draft:
     tokens: list[int] = field(default_factory=list)
     qs: list[Q] = field(default_factory=list)
     src: list[int] = field(default_factory=list)
+    # predicted conditional acceptance of each token, from the side that drafted it (dynamic drafting)
+    conf: list[float | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -47,6 +56,10 @@ class Draft:
         self.tokens += other.tokens
         self.qs += other.qs
         self.src += other.src
+        self.conf += other.conf
+
+    def truncate(self, n: int) -> None:
+        del self.tokens[n:], self.qs[n:], self.src[n:], self.conf[n:]
 
     def clip(self, n: int, eos: frozenset[int]) -> bool:
         """Keep at most n tokens and nothing after an EOS; True if the draft now ends in EOS."""
@@ -54,7 +67,7 @@ class Draft:
             if t in eos:
                 n = i + 1
                 break
-        del self.tokens[n:], self.qs[n:], self.src[n:]
+        self.truncate(n)
         return bool(self.tokens) and self.tokens[-1] in eos
 
 
@@ -119,7 +132,7 @@ class GenerationResult:
 
 
 class Cascade:
-    """A target, its drafters (largest first, optionally ending in Max-Gram) and a CascadeConfig."""
+    """A target, its drafters (largest first, optionally ending in a statistical drafter) and a CascadeConfig."""
 
     def __init__(self, target: LanguageModel, drafters: Sequence[Drafter] = (), config: CascadeConfig | None = None) -> None:
         self.config = config or CascadeConfig()
@@ -128,25 +141,29 @@ class Cascade:
         if not isinstance(target, LanguageModel):
             raise CSDraftingError(f"the target must be a neural model (got {type(target).__name__})")
         for i, d in enumerate(drafters):
-            if isinstance(d, MaxGram):
+            if isinstance(d, StatisticalDrafter):
                 if i != len(drafters) - 1:
-                    raise CSDraftingError("Max-Gram can only be the last (smallest) drafter: it reviews nothing")
-                if d.bigram is not None and d.bigram.vocab_size != target.info.vocab_size:
+                    raise CSDraftingError(f"{d.name} can only be the last (smallest) drafter: it reviews nothing")
+                if d.vocab_size is not None and d.vocab_size != target.info.vocab_size:
                     raise CSDraftingError(
-                        f"the bigram table covers {d.bigram.vocab_size} tokens but the target's vocabulary has "
-                        f"{target.info.vocab_size}: build the table with the target's tokenizer"
+                        f"{d.name}'s tables cover {d.vocab_size} tokens but the target's vocabulary has "
+                        f"{target.info.vocab_size}: build them with the target's tokenizer"
                     )
             elif isinstance(d, LanguageModel):
                 check_compatible(target.info, d.info)
             else:
-                raise CSDraftingError(f"drafter {i} is a {type(d).__name__}, neither a LanguageModel nor MaxGram")
+                raise CSDraftingError(
+                    f"drafter {i} is a {type(d).__name__}, neither a LanguageModel nor a StatisticalDrafter"
+                )
         self.target = target
         self.drafters = drafters
-        self.levels: list[_ModelLevel | MaxGram] = [_ModelLevel(0, target, "target")]
+        self.levels: list[_ModelLevel | StatisticalDrafter] = [_ModelLevel(0, target, "target")]
         for i, d in enumerate(drafters, start=1):
-            self.levels.append(d if isinstance(d, MaxGram) else _ModelLevel(i, d, "drafter"))
+            self.levels.append(d if isinstance(d, StatisticalDrafter) else _ModelLevel(i, d, "drafter"))
         self.bottom = len(self.levels) - 1
         self.eos = frozenset(target.info.eos_token_ids)
+        self.dynamic = self.config.dynamic and self.bottom > 0  # plain decoding has nothing to plan
+        self.costs = self._check_costs()
 
     # ----------------------------------------------------------------------------------------------------
     def generate(
@@ -177,6 +194,8 @@ class Cascade:
                 if not keep_cache:
                     lv.model.rollback(0)
                 lv.begin(prompt)
+            else:
+                lv.begin(prompt)
         self._check_context(prompt, max_new_tokens)
 
         t0 = time.perf_counter()
@@ -197,16 +216,37 @@ class Cascade:
                 break
         self.metrics.seconds = time.perf_counter() - t0
         self.metrics.new_tokens = len(generated)
+        if isinstance(self.levels[self.bottom], StatisticalDrafter):
+            self.levels[self.bottom].end(prompt + generated)
         return GenerationResult(generated, finish, self.metrics, self.describe())
 
     def describe(self) -> dict:
-        names = [self.target.info.label] + [d.name if isinstance(d, MaxGram) else d.info.label for d in self.drafters]
+        names = [self.target.info.label] + [
+            d.name if isinstance(d, StatisticalDrafter) else d.info.label for d in self.drafters
+        ]
         return {
             "models": names,
             "K": self.config.k.to_json() if self.config.k else None,
             "lenience": self.config.lenience,
             "maxgram_length": self.config.maxgram_length,
+            "dynamic": self.config.dynamic,
         }
+
+    def _check_costs(self) -> list[CostCurve | None]:
+        """Dynamic drafting needs a measured cost curve for every neural level (target first)."""
+        if not self.dynamic:
+            return [None] * len(self.levels)
+        costs = list(self.config.costs or ())
+        if len(costs) != len(self.levels):
+            raise CSDraftingError(
+                f"dynamic drafting needs one cost curve per level ({len(self.levels)}: the target, then each drafter; "
+                f"None for a statistical one), got {len(costs)}: measure them with `csdrafting tune` or "
+                "csdrafting.cascade.planning.measure"
+            )
+        for i, (lv, c) in enumerate(zip(self.levels, costs)):
+            if isinstance(lv, _ModelLevel) and not isinstance(c, CostCurve):
+                raise CSDraftingError(f"level {i} ({lv.metrics.name}) is a neural model and needs a CostCurve, got {c!r}")
+        return costs
 
     # ----------------------------------------------------------------------------------------------------
     def _fresh_metrics(self) -> list[LevelMetrics]:
@@ -252,23 +292,33 @@ class Cascade:
         draft = Draft()
         room = self._room(base)
         k = self.config.k
+        plan = _Plan(self.costs[r]) if self.dynamic else None
         for j in range(r + 1, self.bottom + 1):
             quota = min(k.quota(r, j), room)
-            ends = False
+            ends = stalled = False
             while len(draft) < quota:
                 ctx = base + draft.tokens
                 if j == self.bottom or not k.reviews(j):  # a drafter with a zero K row drafts by itself
                     n = quota - len(draft)
-                    if isinstance(self.levels[j], MaxGram) and self.config.maxgram_length:
+                    if isinstance(self.levels[j], StatisticalDrafter) and self.config.maxgram_length:
                         n = self.config.maxgram_length
-                    got = self._propose(j, ctx, n)
+                    got = self._propose(j, ctx, n, plan, len(draft))
                 else:
+                    if plan is not None and not plan.worth_more(plan.value, len(draft), self.costs[j](1)):
+                        break  # even a sure token from D_j would not pay for its pass: hand over to the next level
                     got = self._step(j, ctx)
+                if plan is not None and got:
+                    keep = plan.keep(got.conf, len(draft))
+                    if keep < len(got):
+                        self.metrics.levels[j].dropped += len(got) - keep
+                        got.truncate(keep)
+                        stalled = True  # confidence fell: the rest of the draft goes to the cheaper level below
+                    plan.add(got.conf)
                 if not got:
-                    break  # the bottom had nothing to offer; leave the rest of this quota empty
+                    break  # the level had nothing (worth) offering; leave the rest of this quota to the next
                 draft.extend(got)
                 ends = draft.clip(room, self.eos)
-                if ends:
+                if ends or stalled:
                     break
             if ends:
                 break
@@ -288,37 +338,77 @@ class Cascade:
             m = self.metrics.levels[s]
             m.drafted += 1
             m.accepted += i < v.n_accepted
-        return Draft(v.tokens, v.qs if want_q else [None] * len(v.tokens), [r] * len(v.tokens))
+        n = len(v.tokens)
+        # a drafting reviewer's confidence in what it hands upward: its own probability of each token
+        conf = [_prob(rows[i], t) for i, t in enumerate(v.tokens)] if self.dynamic and r > 0 else [None] * n
+        return Draft(v.tokens, v.qs if want_q else [None] * n, [r] * n, conf)
 
-    def _propose(self, j: int, base: list[int], n: int) -> Draft:
-        """The bottom level proposes up to n tokens after base."""
+    def _propose(self, j: int, base: list[int], n: int, plan: "_Plan | None" = None, have: int = 0) -> Draft:
+        """The bottom level proposes up to n tokens after base (`have` tokens already in the reviewer's draft)."""
         lv = self.levels[j]
-        if isinstance(lv, MaxGram):
+        if isinstance(lv, StatisticalDrafter):
             t0 = time.perf_counter()
-            toks = lv.propose(self.prompt + base, n)
+            prop = lv.propose_scored(self.prompt + base, n)
             m = self.metrics.levels[j]
             m.seconds += time.perf_counter() - t0
             m.proposals += 1
-            return Draft(toks, [None] * len(toks), [j] * len(toks))
+            k = len(prop.tokens)
+            return Draft(prop.tokens, [None] * k, [j] * k, prop.confidence)
         # a neural bottom drafts autoregressively (classic speculative decoding; plain decoding when j == 0)
         lv.metrics.proposals += 1
         out = Draft()
         want_q = self.want_q and j > 0
+        value = replace(plan.value) if plan is not None else None
         for _ in range(n):
+            if plan is not None and not plan.worth_more(value, have + len(out), self.costs[j](1)):
+                break
             row = lv.logits_after(base + out.tokens, len(base) + len(out))[-1]
             if self.sampling.greedy:
                 x = int(np.argmax(row))
                 q: Q = float(softmax(row)[x]) if want_q else None
+                c = q if isinstance(q, float) else (_prob(row, x) if self.dynamic else None)
             else:
                 p = warp(row, self.sampling)
                 x = sample(p, self.rng)
                 q = p if want_q else None
+                c = float(p[x])
             out.tokens.append(x)
             out.qs.append(q)
             out.src.append(j)
+            out.conf.append(c)
+            if value is not None:
+                value.add(c)
             if x in self.eos:
                 break
         return out
+
+
+def _prob(row: np.ndarray, token: int) -> float:
+    """softmax(row)[token], without materializing the distribution."""
+    x = np.asarray(row, dtype=np.float64)
+    return float(1.0 / np.exp(x - x[token]).sum())
+
+
+class _Plan:
+    """Cost-aware drafting for one reviewer's step: the draft's value so far and the time spent on it."""
+
+    def __init__(self, review: CostCurve) -> None:
+        self.review = review
+        self.value = DraftValue()
+        self.t0 = time.perf_counter()
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def keep(self, conf: Sequence[float | None], have: int) -> int:
+        return best_length(conf, self.review, self.value, have, self.spent())
+
+    def worth_more(self, value: DraftValue, have: int, next_cost: float) -> bool:
+        return worth_more(value, self.review, have, self.spent(), next_cost)
+
+    def add(self, conf: Sequence[float | None]) -> None:
+        for c in conf:
+            self.value.add(c)
 
 
 class _Warped:

@@ -27,6 +27,7 @@ class LevelMetrics:
     accepted_by_position: list[int] = field(default_factory=list)
     drafted: int = 0
     accepted: int = 0
+    dropped: int = 0  # proposed, but not drafted: cost-aware drafting judged them not worth their review
 
     def record_review(self, draft_len: int, n_accepted: int) -> None:
         self.reviews += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .base import StatisticalDrafter
 from .bigram import BigramTable
 
 
@@ -102,14 +103,18 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-class MaxGram:
-    """The Max-Gram drafter. Deterministic: each proposed token's q is one-hot (None)."""
+class MaxGram(StatisticalDrafter):
+    """The Max-Gram drafter (the paper's bottom level). Deterministic: each proposed token's q is one-hot."""
 
     def __init__(self, bigram: BigramTable | None = None, name: str = "Max-Gram") -> None:
         self.bigram = bigram
         self.name = name
         self.index = SuffixAutomaton()
         self.stats_lookups = 0
+
+    @property
+    def vocab_size(self) -> int | None:  # type: ignore[override]
+        return self.bigram.vocab_size if self.bigram is not None else None
 
     def sync(self, seq: Sequence[int]) -> None:
         """Make the index cover exactly `seq`, keeping the shared prefix."""

@@ -11,7 +11,6 @@ straight line a + b * P through the median prefill timings of the shortest and t
 
 from __future__ import annotations
 
-import random
 import statistics
 import time
 from typing import Callable, Iterable, Sequence
@@ -19,48 +18,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..drafters.maxgram import MaxGram
-from ..protocol import CSDraftingError, LanguageModel
+from ..protocol import LanguageModel
+from ..cascade.planning import DEFAULT_GRID, measure_cost_curve  # noqa: F401  (re-exported for the tuner)
 from .model import CostCurve
 
-DEFAULT_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
-
-
-def measure_cost_curve(
-    model: LanguageModel,
-    context: Sequence[int],
-    filler: Sequence[int],
-    grid: Sequence[int] = DEFAULT_GRID,
-    reps: int = 3,
-    prefill: tuple[float, float] = (0.0, 0.0),
-    tick: Callable[[], None] | None = None,
-    seed: int = 0,
-) -> CostCurve:
-    """Time `extend(n tokens)` after `context` for each n in `grid`; median of `reps`, made monotone."""
-    grid = sorted(set(int(n) for n in grid))
-    if not context:
-        raise CSDraftingError("cost measurement needs a non-empty context")
-    if len(filler) < grid[-1]:
-        filler = list(filler) * (grid[-1] // max(1, len(filler)) + 1)
-    model.rollback(0)
-    model.extend(list(context), logits_from=len(context) - 1)
-    base = len(model.cached_tokens)
-    model.extend(list(filler[:4]), logits_from=0)  # warm up the batched path
-    model.rollback(base)
-    samples: dict[int, list[float]] = {n: [] for n in grid}
-    rng = random.Random(seed)
-    for _ in range(reps):
-        order = list(grid)
-        rng.shuffle(order)
-        for n in order:
-            toks = list(filler[:n])
-            t0 = time.perf_counter()
-            model.extend(toks, logits_from=0)
-            samples[n].append(time.perf_counter() - t0)
-            model.rollback(base)
-            if tick:
-                tick()
-    med = np.maximum.accumulate([statistics.median(samples[n]) for n in grid])
-    return CostCurve(tuple(grid), tuple(float(s) for s in med), prefill)
 
 
 def time_prefill(model: LanguageModel, prompt: Sequence[int]) -> tuple[np.ndarray, float]:

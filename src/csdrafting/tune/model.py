@@ -40,69 +40,18 @@ With constant costs it reduces to the paper's formulas (tested in tests/test_tun
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..cascade.planning import CostCurve
 from ..protocol import CSDraftingError
 
 MAXGRAM = "maxgram"
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-
-
-@dataclass(frozen=True)
-class CostCurve:
-    """Seconds of one forward pass over n new tokens, measured at the grid `ns` and interpolated linearly.
-
-    Beyond the last grid point it extends the last segment's slope. `prefill` = (a, b): a prompt of P
-    tokens costs a + b * P seconds (only needed for end-to-end predictions that include the prompt).
-    """
-
-    ns: tuple[int, ...]
-    seconds: tuple[float, ...]
-    prefill: tuple[float, float] = (0.0, 0.0)
-
-    def __post_init__(self) -> None:
-        if not self.ns or len(self.ns) != len(self.seconds):
-            raise CSDraftingError("a cost curve needs as many seconds as grid points, at least one")
-        if any(b <= a for a, b in zip(self.ns, self.ns[1:])):
-            raise CSDraftingError(f"cost curve grid must increase strictly: {self.ns}")
-
-    @classmethod
-    def constant(cls, seconds: float) -> "CostCurve":
-        """The paper's accounting: every run costs the same, whatever the number of tokens."""
-        return cls((1,), (float(seconds),))
-
-    @classmethod
-    def linear(cls, fixed: float, per_token: float, up_to: int = 64) -> "CostCurve":
-        return cls((1, up_to), (fixed + per_token, fixed + per_token * up_to))
-
-    def __call__(self, n: float) -> float:
-        ns, s = self.ns, self.seconds
-        if len(ns) == 1:
-            return s[0]
-        i = min(max(bisect.bisect_right(ns, n) - 1, 0), len(ns) - 2)
-        slope = (s[i + 1] - s[i]) / (ns[i + 1] - ns[i])
-        return max(0.0, s[i] + slope * (n - ns[i]))
-
-    def table(self, n_max: int) -> list[float]:
-        """cost(n) for n = 0..n_max, for callers that ask millions of times."""
-        return [self(n) for n in range(n_max + 1)]
-
-    def prefill_seconds(self, prompt_tokens: int) -> float:
-        a, b = self.prefill
-        return a + b * prompt_tokens
-
-    def to_json(self) -> dict:
-        return {"ns": list(self.ns), "seconds": list(self.seconds), "prefill": list(self.prefill)}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "CostCurve":
-        return cls(tuple(d["ns"]), tuple(d["seconds"]), tuple(d.get("prefill", (0.0, 0.0))))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,190 @@
+"""Cost-aware dynamic drafting: how many of the proposed tokens are worth a review.
+
+Beyond the paper's static K (cs-drafting.md section 8): a reviewer's pass over n new tokens costs
+`cost(n)` seconds, MEASURED (`csdrafting tune`, or `measure` below), and each drafted token i comes with
+a predicted conditional acceptance c_i from the drafting side (a statistical drafter's calibrated
+confidence, a neural drafter's own probability of its token). With P_i = c_1 ... c_i the probability that
+the first i are all accepted, a draft of n tokens yields E(n) = 1 + P_1 + ... + P_n tokens on average
+(the review always adds one), and the step costs the drafting already spent plus cost(n + 1). The planner
+keeps the n that maximizes E(n) / time(n); n = 0 is a plain step, so a level that is not confident
+enough drafts nothing and the cascade runs at plain speed.
+
+Every input is known on the drafting side before the review, never the reviewer's probabilities for the
+positions being decided, so the output stays exact (greedy and sampling alike).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..protocol import CSDraftingError, LanguageModel
+
+DEFAULT_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
+
+
+@dataclass(frozen=True)
+class CostCurve:
+    """Seconds of one forward pass over n new tokens, measured at the grid `ns` and interpolated linearly.
+
+    Beyond the last grid point it extends the last segment's slope. `prefill` = (a, b): a prompt of P
+    tokens costs a + b * P seconds (only needed for end-to-end predictions that include the prompt).
+    """
+
+    ns: tuple[int, ...]
+    seconds: tuple[float, ...]
+    prefill: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if not self.ns or len(self.ns) != len(self.seconds):
+            raise CSDraftingError("a cost curve needs as many seconds as grid points, at least one")
+        if any(b <= a for a, b in zip(self.ns, self.ns[1:])):
+            raise CSDraftingError(f"cost curve grid must increase strictly: {self.ns}")
+
+    @classmethod
+    def constant(cls, seconds: float) -> "CostCurve":
+        """The paper's accounting: every run costs the same, whatever the number of tokens."""
+        return cls((1,), (float(seconds),))
+
+    @classmethod
+    def linear(cls, fixed: float, per_token: float, up_to: int = 64) -> "CostCurve":
+        return cls((1, up_to), (fixed + per_token, fixed + per_token * up_to))
+
+    def __call__(self, n: float) -> float:
+        ns, s = self.ns, self.seconds
+        if len(ns) == 1:
+            return s[0]
+        i = min(max(bisect.bisect_right(ns, n) - 1, 0), len(ns) - 2)
+        slope = (s[i + 1] - s[i]) / (ns[i + 1] - ns[i])
+        return max(0.0, s[i] + slope * (n - ns[i]))
+
+    def table(self, n_max: int) -> list[float]:
+        """cost(n) for n = 0..n_max, for callers that ask millions of times."""
+        return [self(n) for n in range(n_max + 1)]
+
+    def prefill_seconds(self, prompt_tokens: int) -> float:
+        a, b = self.prefill
+        return a + b * prompt_tokens
+
+    def to_json(self) -> dict:
+        return {"ns": list(self.ns), "seconds": list(self.seconds), "prefill": list(self.prefill)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CostCurve":
+        return cls(tuple(d["ns"]), tuple(d["seconds"]), tuple(d.get("prefill", (0.0, 0.0))))
+
+
+def measure_cost_curve(
+    model: LanguageModel,
+    context: Sequence[int],
+    filler: Sequence[int],
+    grid: Sequence[int] = DEFAULT_GRID,
+    reps: int = 3,
+    prefill: tuple[float, float] = (0.0, 0.0),
+    tick: Callable[[], None] | None = None,
+    seed: int = 0,
+) -> CostCurve:
+    """Time `extend(n tokens)` after `context` for each n in `grid`; median of `reps`, made monotone."""
+    grid = sorted(set(int(n) for n in grid))
+    if not context:
+        raise CSDraftingError("cost measurement needs a non-empty context")
+    if len(filler) < grid[-1]:
+        filler = list(filler) * (grid[-1] // max(1, len(filler)) + 1)
+    model.rollback(0)
+    model.extend(list(context), logits_from=len(context) - 1)
+    base = len(model.cached_tokens)
+    model.extend(list(filler[:4]), logits_from=0)  # warm up the batched path
+    model.rollback(base)
+    samples: dict[int, list[float]] = {n: [] for n in grid}
+    rng = random.Random(seed)
+    for _ in range(reps):
+        order = list(grid)
+        rng.shuffle(order)
+        for n in order:
+            toks = list(filler[:n])
+            t0 = time.perf_counter()
+            model.extend(toks, logits_from=0)
+            samples[n].append(time.perf_counter() - t0)
+            model.rollback(base)
+            if tick:
+                tick()
+    med = np.maximum.accumulate([statistics.median(samples[n]) for n in grid])
+    return CostCurve(tuple(grid), tuple(float(s) for s in med), prefill)
+
+
+QUICK_GRID = (1, 2, 4, 8, 12, 16, 24)
+
+
+def measure(model: LanguageModel, grid: Sequence[int] = QUICK_GRID, reps: int = 3, context_tokens: int = 256) -> CostCurve:
+    """A quick cost curve for dynamic drafting when none was measured by `csdrafting tune` (a few seconds).
+
+    The context and filler are token ids spread over the vocabulary: cost depends on the number of tokens
+    and the cached length, not on which tokens they are.
+    """
+    v = model.info.vocab_size
+    ids = [(i * 7919 + 13) % min(v, 30000) for i in range(context_tokens + max(grid))]
+    try:
+        return measure_cost_curve(model, ids[:context_tokens], ids[context_tokens:], grid, reps)
+    finally:
+        model.rollback(0)
+
+
+@dataclass
+class DraftValue:
+    """Running totals of a draft being built for one reviewer: E and P so far, drafting seconds spent."""
+
+    expected: float = 1.0  # E(n): the review's own token plus the accepted-so-far expectation
+    survive: float = 1.0  # P_n
+    unknown: bool = False  # a token without a confidence was drafted: stop planning, keep as K says
+
+    def add(self, conf: float | None) -> None:
+        if conf is None:
+            self.unknown = True
+            return
+        self.survive *= max(0.0, min(1.0, conf))
+        self.expected += self.survive
+
+
+def best_length(
+    confidence: Sequence[float | None],
+    review: CostCurve,
+    start: DraftValue,
+    have: int,
+    spent: float = 0.0,
+    per_token: float = 0.0,
+) -> int:
+    """How many of `confidence`'s tokens to keep after a draft of `have` tokens valued `start`.
+
+    Maximizes E / (spent + n * per_token + review(have + n + 1)) over n = 0..len; ties go to the shorter
+    draft. A token without a confidence (None) cannot be planned: then all are kept (static K).
+    """
+    if start.unknown or any(c is None for c in confidence):
+        return len(confidence)
+    best_n, best = 0, start.expected / (spent + review(have + 1))
+    e, p = start.expected, start.survive
+    for i, c in enumerate(confidence, start=1):
+        p *= max(0.0, min(1.0, c))  # type: ignore[arg-type]
+        e += p
+        rate = e / (spent + i * per_token + review(have + i + 1))
+        if rate > best * (1 + 1e-9):
+            best_n, best = i, rate
+    return best_n
+
+
+def worth_more(value: DraftValue, review: CostCurve, have: int, spent: float, next_cost: float) -> bool:
+    """Should a drafter that must pay `next_cost` seconds per token (a neural one) draft one more?
+
+    Optimistic bound: even if the next token were accepted surely given the ones before, would the rate
+    improve? If not, no later token can help either (P only shrinks), so stop.
+    """
+    if value.unknown:
+        return True
+    now = value.expected / (spent + review(have + 1))
+    best_next = (value.expected + value.survive) / (spent + next_cost + review(have + 2))
+    return best_next > now

@@ -1,0 +1,309 @@
+"""A confident statistical drafter: suffix matches with occurrence counts, and a calibrated confidence.
+
+Max-Gram (the paper's bottom level) always proposes something: the continuation of the longest earlier
+match, else a bigram guess. On a CPU target whose review of k tokens costs about k/2 passes, a guess that
+is wrong most of the time costs more than it saves. This drafter proposes the same kind of tokens but
+says how likely each one is to be accepted, so that the engine drafts only what pays
+(cascade/planning.py):
+
+- **request index**: for every context of 1..max_ngram tokens seen earlier in the prompt and the text
+  so far, how often each next token followed it (SuffixDecoding, arXiv 2411.04975; llama.cpp's
+  ngram-map-k with its min-hits gate). The longest context that occurred before proposes its most
+  frequent continuation (ties: the most recent one).
+- **store** (optional, `persist=True`): the same counts over the outputs of earlier generations of this
+  object, for what a request has not seen itself.
+- **bigram** (optional): the packaged bigram table, when neither has a match.
+
+Each proposal falls in a feature bucket (source, match length, agreement of the occurrences), and its
+confidence is the acceptance rate measured for that bucket along the target's own output on calibration
+prompts (`calibrate`); `Calibration` holds those rates. The index and the store are updated in O(max_ngram)
+per token with an undo log, so proposing and rolling back cost microseconds per token.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..protocol import CSDraftingError
+from .base import Proposal, StatisticalDrafter
+from .bigram import BigramTable
+from .maxgram import common_prefix
+
+REQUEST, STORE, BIGRAM = "req", "store", "bigram"
+
+
+class NgramCounts:
+    """Next-token counts after every context of 1..max_n tokens of a growing text, with undo."""
+
+    def __init__(self, max_n: int, undo: bool = True) -> None:
+        self.max_n = max_n
+        self.text: list[int] = []
+        self.counts: dict[tuple[int, ...], dict[int, int]] = {}
+        self.last: dict[tuple[int, ...], int] = {}  # most recent continuation of each context
+        self._undo: list[list[tuple[tuple[int, ...], int | None]]] | None = [] if undo else None
+
+    def append(self, t: int) -> None:
+        text, counts, last = self.text, self.counts, self.last
+        changes = []
+        for n in range(1, min(self.max_n, len(text)) + 1):
+            key = tuple(text[-n:])
+            d = counts.get(key)
+            if d is None:
+                d = counts[key] = {}
+            d[t] = d.get(t, 0) + 1
+            changes.append((key, last.get(key)))
+            last[key] = t
+        text.append(t)
+        if self._undo is not None:
+            self._undo.append(changes)
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        for t in tokens:
+            self.append(int(t))
+
+    def truncate(self, n: int) -> None:
+        """Undo appends until the text has n tokens."""
+        if self._undo is None:
+            raise CSDraftingError("this n-gram index keeps no undo log")
+        counts, last = self.counts, self.last
+        while len(self.text) > n:
+            t = self.text.pop()
+            for key, prev in self._undo.pop():
+                d = counts[key]
+                c = d[t] - 1
+                if c:
+                    d[t] = c
+                else:
+                    del d[t]
+                    if not d:
+                        del counts[key]
+                if prev is None:
+                    del last[key]
+                else:
+                    last[key] = prev
+
+    def lookup(self, context: Sequence[int], min_count: int = 1, min_n: int = 1) -> tuple[int, int, int, int] | None:
+        """(n, token, count, total) for the longest context suffix of >= min_n tokens seen before, or None.
+
+        The token is the most frequent continuation (ties: the most recent); it must have been seen at
+        least min_count times, else the next shorter context is tried.
+        """
+        for n in range(min(self.max_n, len(context)), min_n - 1, -1):
+            key = tuple(context[-n:])
+            d = self.counts.get(key)
+            if not d:
+                continue
+            best = max(d.values())
+            if best < min_count:
+                continue
+            recent = self.last[key]
+            tok = recent if d.get(recent) == best else max(d, key=d.__getitem__)
+            return n, tok, best, sum(d.values())
+        return None
+
+
+def bucket(source: str, n: int, count: int, total: int) -> str:
+    """The feature bucket of a proposal: source, match length class, agreement of the occurrences."""
+    if source == BIGRAM:
+        return BIGRAM
+    nb = str(n) if n <= 4 else "5-6" if n <= 6 else "7-9" if n <= 9 else "10+"
+    agree = "once" if total == 1 else "all" if count == total else "maj" if 2 * count >= total else "split"
+    return f"{source}:{nb}:{agree}"
+
+
+@dataclass
+class Calibration:
+    """Measured acceptance per feature bucket: bucket -> [accepted, proposed]."""
+
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def add(self, key: str, accepted: bool) -> None:
+        c = self.counts.setdefault(key, [0, 0])
+        c[0] += int(accepted)
+        c[1] += 1
+
+    def merge(self, other: "Calibration") -> "Calibration":
+        out = Calibration({k: list(v) for k, v in self.counts.items()}, dict(self.meta))
+        for k, (a, t) in other.counts.items():
+            c = out.counts.setdefault(k, [0, 0])
+            c[0] += a
+            c[1] += t
+        return out
+
+    def rate(self, key: str) -> float:
+        """Acceptance of a bucket, shrunk towards its source's pooled rate when the bucket is thin."""
+        a, t = self.counts.get(key, (0, 0))
+        src = key.split(":", 1)[0]
+        pa = sum(v[0] for k, v in self.counts.items() if k.split(":", 1)[0] == src)
+        pt = sum(v[1] for k, v in self.counts.items() if k.split(":", 1)[0] == src)
+        prior = (pa + 1) / (pt + 2)
+        weight = 4.0  # pseudo-observations of the pooled rate
+        return (a + weight * prior) / (t + weight)
+
+    def table(self) -> list[tuple[str, int, int, float]]:
+        return sorted(((k, a, t, self.rate(k)) for k, (a, t) in self.counts.items()), key=lambda r: r[0])
+
+    def to_json(self) -> dict:
+        return {"counts": self.counts, "meta": self.meta}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Calibration":
+        if not isinstance(d, dict) or not isinstance(d.get("counts"), dict):
+            raise CSDraftingError("a suffix-drafter calibration is a JSON object with a 'counts' mapping")
+        return cls({str(k): [int(v[0]), int(v[1])] for k, v in d["counts"].items()}, dict(d.get("meta", {})))
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        path = Path(path)
+        if not path.is_file():
+            raise CSDraftingError(f"calibration file {path} does not exist; run `csdrafting tune` to make one")
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise CSDraftingError(f"calibration file {path} is not valid JSON: {exc}") from None
+
+
+class SuffixDrafter(StatisticalDrafter):
+    """Suffix-match drafting with occurrence counts and calibrated confidence (see module docstring).
+
+    max_ngram: longest context matched; min_count: a continuation must have followed its context at
+    least this often (llama.cpp's min-hits); persist: keep a store of earlier outputs across requests;
+    bigram: fallback table; calibration: measured acceptance per bucket (None: confidences unknown,
+    so the engine cannot trim the proposals and drafts them as K says).
+    """
+
+    def __init__(
+        self,
+        calibration: Calibration | None = None,
+        bigram: BigramTable | None = None,
+        max_ngram: int = 12,
+        min_count: int = 1,
+        persist: bool = False,
+        name: str = "Suffix",
+    ) -> None:
+        if max_ngram < 1 or min_count < 1:
+            raise CSDraftingError(f"max_ngram and min_count must be >= 1 (got {max_ngram}, {min_count})")
+        self.calibration = calibration
+        self.bigram = bigram
+        self.max_ngram = max_ngram
+        self.min_count = min_count
+        self.name = name
+        self.index = NgramCounts(max_ngram)
+        self.store = NgramCounts(max_ngram, undo=False) if persist else None
+        self._prompt_len = 0
+        self._rates: dict[str, float] = {}
+
+    @property
+    def vocab_size(self) -> int | None:  # type: ignore[override]
+        return self.bigram.vocab_size if self.bigram is not None else None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def begin(self, prompt: Sequence[int]) -> None:
+        self._prompt_len = len(prompt)
+
+    def end(self, tokens: Sequence[int]) -> None:
+        if self.store is not None:
+            out = list(tokens[self._prompt_len :])
+            if out:
+                # a separator context: the store must not join this output to the next one
+                self.store.text = []
+                self.store.extend(out)
+
+    def sync(self, seq: Sequence[int]) -> None:
+        keep = common_prefix(self.index.text, seq)
+        self.index.truncate(keep)
+        self.index.extend(seq[keep:])
+
+    # ------------------------------------------------------------------------------------------ proposing
+    def next_token(self) -> tuple[int, str] | None:
+        """The proposal after the index's current text, with its feature bucket."""
+        text = self.index.text
+        hit = self.index.lookup(text, self.min_count)
+        if hit is not None:
+            n, tok, c, tot = hit
+            return tok, bucket(REQUEST, n, c, tot)
+        if self.store is not None:
+            hit = self.store.lookup(text, self.min_count, min_n=2)
+            if hit is not None:
+                n, tok, c, tot = hit
+                return tok, bucket(STORE, n, c, tot)
+        if self.bigram is not None and text:
+            nxt = self.bigram.next_token(text[-1])
+            if nxt is not None:
+                return nxt, BIGRAM
+        return None
+
+    def confidence(self, key: str) -> float | None:
+        if self.calibration is None:
+            return None
+        r = self._rates.get(key)
+        if r is None:
+            r = self._rates[key] = self.calibration.rate(key)
+        return r
+
+    def propose_scored(self, seq: Sequence[int], n: int) -> Proposal:
+        self.sync(seq)
+        base = len(self.index.text)
+        out = Proposal()
+        try:
+            while len(out) < n:
+                nxt = self.next_token()
+                if nxt is None:
+                    break
+                tok, key = nxt
+                out.tokens.append(tok)
+                out.confidence.append(self.confidence(key))
+                self.index.append(tok)
+        finally:
+            self.index.truncate(base)
+        return out
+
+    def propose(self, seq: Sequence[int], n: int) -> list[int]:
+        return self.propose_scored(seq, n).tokens
+
+    # ------------------------------------------------------------------------------------------ calibrating
+    def calibrate(self, texts: Iterable[tuple[Sequence[int], Sequence[int]]], meta: dict | None = None) -> Calibration:
+        """Acceptance per bucket along reference texts: (prompt, the target's own output) pairs.
+
+        Under greedy review a deterministic token is accepted iff it equals the target's next token, and a
+        chained proposal is reviewed only if the tokens before it were accepted, i.e. it sees exactly the
+        reference text; so the first proposal at every position of the reference is the whole sample. The
+        texts are walked in order and, with a store, each output is stored after its walk, as in serving.
+        """
+        cal = Calibration(meta=dict(meta or {}))
+        for prompt, output in texts:
+            self.begin(prompt)
+            self.index.truncate(0)
+            self.index.extend(prompt)
+            for t in output:
+                nxt = self.next_token()
+                if nxt is not None:
+                    cal.add(nxt[1], nxt[0] == t)
+                self.index.append(int(t))
+            self.end(list(prompt) + list(output))
+        self.index.truncate(0)
+        return cal
+
+
+DEFAULT_CALIBRATION_NAME = "suffix-calibration.json"
+
+
+def default_calibration_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / DEFAULT_CALIBRATION_NAME
+
+
+def default_calibration() -> Calibration:
+    """The packaged calibration: measured along the default target's greedy output on calibration-split
+    prompts (`csdrafting calibrate` rebuilds it; its meta says how it was made)."""
+    return Calibration.load(default_calibration_path())

@@ -1,0 +1,277 @@
+"""Cost-aware dynamic drafting and the confident suffix drafter.
+
+- the planner's rule itself (best length, the optimistic stop for neural drafters), against brute force;
+- the suffix drafter's index against a brute-force counter, with rollbacks, and its calibration;
+- exactness: greedy equality with transformers' generate and sampling chi-square, with dynamic drafting at
+  every level (a statistical bottom that trims its proposals, a neural drafter that stops when its
+  confidence no longer pays and hands over to the level below, a neural drafter reviewing the suffix
+  drafter), under compute-bound and memory-bound cost curves;
+- and the point of it: under a compute-bound cost, an unconfident level drafts nothing (plain steps).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import table_lm
+import tiny
+from csdrafting import Cascade, CascadeConfig, CSDraftingError
+from csdrafting.cascade.config import SamplingConfig
+from csdrafting.cascade.planning import CostCurve, DraftValue, best_length, worth_more
+from csdrafting.drafters.suffix import BIGRAM, Calibration, NgramCounts, SuffixDrafter, bucket
+from test_greedy_exact import PROMPTS, _family, _reference
+from test_sampling_exact import ALPHA, N_RUNS, PROMPT, chi_square_pvalue, exact_distribution
+
+# review of n new tokens: compute-bound (the shape measured for the 1.5B Q4_K_M on 2 cores: 2 tokens cost
+# 1.5 passes, 8 cost 4) or memory-bound (nearly flat, like the F32 tier or a GPU)
+COMPUTE = CostCurve((1, 2, 4, 8, 16), (1.0, 1.5, 2.0, 4.0, 5.5))
+MEMORY = CostCurve((1, 64), (1.0, 1.3))
+CHEAP = CostCurve((1, 64), (0.05, 0.08))  # a small drafter next to a memory-bound target
+
+
+def _calibration(high: float = 0.9, low: float = 0.3) -> Calibration:
+    """Long or unanimous matches are trusted, single short ones and bigram guesses are not."""
+    cal = Calibration()
+    for key in ["req:1:once", "req:1:split", "req:2:once", BIGRAM, "req:1:maj"]:
+        cal.counts[key] = [int(1000 * low), 1000]
+    for key in ["req:3:once", "req:4:once", "req:5-6:once", "req:7-9:once", "req:10+:once", "req:1:all", "req:2:all", "req:3:all"]:
+        cal.counts[key] = [int(1000 * high), 1000]
+    return cal
+
+
+# ------------------------------------------------------------------------------------------------ planner
+def _brute(conf, review, start_e=1.0, start_p=1.0, have=0, spent=0.0):
+    rates = []
+    for n in range(len(conf) + 1):
+        p, e = start_p, start_e
+        for c in conf[:n]:
+            p *= c
+            e += p
+        rates.append(e / (spent + review(have + n + 1)))
+    best = max(rates)
+    return next(n for n, r in enumerate(rates) if r >= best * (1 - 1e-9))
+
+
+@pytest.mark.parametrize("curve", [COMPUTE, MEMORY, CostCurve((1, 2, 4, 8, 16), (86, 132, 170, 348, 477))])
+def test_best_length_is_the_argmax(curve):
+    rng = random.Random(0)
+    for _ in range(300):
+        conf = [rng.random() ** rng.choice([0.2, 1, 3]) for _ in range(rng.randint(0, 12))]
+        have = rng.randint(0, 4)
+        start = DraftValue()
+        for c in [rng.random() for _ in range(have)]:
+            start.add(c)
+        spent = rng.random() * curve(1)
+        n = best_length(conf, curve, start, have, spent)
+        assert n == _brute(conf, curve, start.expected, start.survive, have, spent)
+
+
+def test_best_length_cases():
+    # compute-bound: one token must be accepted more than half the time to pay for a pass 1.5x as long
+    assert best_length([0.4], COMPUTE, DraftValue(), 0) == 0
+    assert best_length([0.6], COMPUTE, DraftValue(), 0) == 1
+    # memory-bound: even a modest guess pays, and a long confident chain is kept whole
+    assert best_length([0.4], MEMORY, DraftValue(), 0) == 1
+    assert best_length([0.95] * 10, MEMORY, DraftValue(), 0) == 10
+    # a confident head then junk: keep the head
+    assert best_length([0.95, 0.95, 0.95, 0.05, 0.9], COMPUTE, DraftValue(), 0) == 3
+    # unknown confidence: nothing to plan with, keep everything (the static K behaviour)
+    assert best_length([0.1, None], COMPUTE, DraftValue(), 0) == 2
+
+
+def test_worth_more_is_an_upper_bound():
+    """If drafting one more (even surely accepted) token would not pay, best_length never keeps it."""
+    rng = random.Random(1)
+    for _ in range(200):
+        v = DraftValue()
+        have = rng.randint(0, 6)
+        for _ in range(have):
+            v.add(rng.random())
+        cost = rng.random() * 2
+        if not worth_more(v, MEMORY, have, 0.0, cost):
+            assert best_length([1.0], MEMORY, v, have, 0.0, per_token=cost) == 0
+
+
+# ------------------------------------------------------------------------------------------------ suffix drafter
+def _brute_lookup(text, max_n, min_count):
+    for n in range(min(max_n, len(text)), 0, -1):
+        ctx = tuple(text[-n:])
+        follow = Counter(text[i + n] for i in range(len(text) - n) if tuple(text[i : i + n]) == ctx)
+        if follow and max(follow.values()) >= min_count:
+            return n, max(follow.values()), sum(follow.values()), follow
+    return None
+
+
+def test_ngram_counts_match_brute_force_under_rollback():
+    rng = random.Random(0)
+    idx = NgramCounts(5)
+    text: list[int] = []
+    for step in range(600):
+        if text and rng.random() < 0.2:
+            keep = rng.randint(0, len(text))
+            idx.truncate(keep)
+            del text[keep:]
+        else:
+            t = rng.choice([1, 2, 3, 4]) if rng.random() < 0.8 else rng.randint(5, 9)
+            idx.append(t)
+            text.append(t)
+        for min_count in (1, 2):
+            got = idx.lookup(text, min_count)
+            want = _brute_lookup(text, 5, min_count)
+            if want is None:
+                assert got is None
+            else:
+                n, best, total, follow = want
+                assert got is not None and got[0] == n and got[2] == best and got[3] == total
+                assert follow[got[1]] == best
+
+
+def test_suffix_drafter_proposes_copies_with_confidence():
+    d = SuffixDrafter(_calibration())
+    text = [1, 10, 11, 12, 13, 14, 15, 20, 10, 11, 12]
+    prop = d.propose_scored(text, 4)
+    assert prop.tokens == [13, 14, 15, 20]
+    assert all(c is not None and 0 < c < 1 for c in prop.confidence)
+    # the index is back where it was: proposing does not change what the drafter has seen
+    assert d.index.text == text
+    # no match and no bigram: nothing to propose
+    assert SuffixDrafter().propose([1, 2, 3], 4) == []
+    assert SuffixDrafter().propose_scored([1, 2, 3, 2], 2).confidence == [None, None]
+
+
+def test_suffix_store_persists_across_requests():
+    d = SuffixDrafter(persist=True)
+    d.begin([1])
+    d.end([1, 40, 41, 42, 43])
+    d.begin([7, 40, 41])
+    assert d.propose([7, 40, 41], 2) == [42, 43]
+    assert SuffixDrafter(persist=False).propose([7, 40, 41], 2) == []
+
+
+def test_calibration_counts_acceptance_per_bucket():
+    d = SuffixDrafter()
+    prompt, out = [5, 6, 7, 8], [5, 6, 7, 9, 5, 6]
+    cal = d.calibrate([(prompt, out)])
+    # position by position: after [..8] nothing matched "8"; after 5: 1-gram '5'->6 (right); after 6: 2-gram
+    # '5 6'->7 (right); after 7: 3-gram -> 8 but 9 came (wrong); after 9: no match; after 5: '5'->6 seen twice
+    assert cal.counts[bucket("req", 1, 1, 1)] == [1, 1]
+    assert cal.counts[bucket("req", 2, 1, 1)] == [1, 1]
+    assert cal.counts[bucket("req", 3, 1, 1)] == [0, 1]
+    assert cal.counts[bucket("req", 1, 2, 2)] == [1, 1]
+    assert sum(t for _, t in cal.counts.values()) == 4
+    back = Calibration.from_json(cal.to_json())
+    assert back.counts == cal.counts and abs(back.rate("req:3:once") - cal.rate("req:3:once")) < 1e-12
+
+
+def test_bad_inputs():
+    with pytest.raises(CSDraftingError):
+        SuffixDrafter(max_ngram=0)
+    with pytest.raises(CSDraftingError):
+        Calibration.from_json({"nope": 1})
+    t, ds = table_lm.family()
+    with pytest.raises(CSDraftingError, match="cost curve per level"):
+        Cascade(t, [SuffixDrafter()], CascadeConfig.make([[4]], dynamic=True, costs=[COMPUTE]))
+    with pytest.raises(CSDraftingError, match="needs a CostCurve"):
+        Cascade(t, [ds[0], SuffixDrafter()], CascadeConfig.make([[2, 4], [0, 2]], dynamic=True, costs=[COMPUTE, None, None]))
+    with pytest.raises(CSDraftingError, match="last"):
+        Cascade(t, [SuffixDrafter(), ds[0]], CascadeConfig.make([[2, 4], [0, 2]]))
+
+
+# ------------------------------------------------------------------------------------------------ exactness
+def _dynamic_runs(T, D1, D2):
+    cal = _calibration()
+    dyn = lambda k, costs, lenience=1.0: CascadeConfig.make(k, lenience=lenience, dynamic=True, costs=costs)  # noqa: E731
+    return {
+        "suffix, static K (no calibration)": (Cascade(T, [SuffixDrafter()], CascadeConfig.make([[5]]))),
+        "suffix dynamic, compute-bound": Cascade(T, [SuffixDrafter(cal)], dyn([[8]], [COMPUTE, None])),
+        "suffix dynamic, memory-bound": Cascade(T, [SuffixDrafter(cal)], dyn([[8]], [MEMORY, None])),
+        "D1 autoregressive then suffix (dynamic horizontal)": Cascade(T, [D1, SuffixDrafter(cal)], dyn([[6, 12], [0, 0]], [MEMORY, CHEAP, None])),
+        "D1 reviewing suffix (dynamic vertical)": Cascade(T, [D1, SuffixDrafter(cal)], dyn([[6, 6], [0, 4]], [MEMORY, CHEAP, None])),
+        "D1 dynamic, compute-bound target": Cascade(T, [D1], dyn([[6]], [COMPUTE, CHEAP])),
+        "D1, D2, suffix, dynamic, lenience 2": Cascade(
+            T, [D1, D2, SuffixDrafter(cal)], dyn([[2, 6, 8], [0, 2, 4], [0, 0, 4]], [MEMORY, CHEAP, CHEAP, None], 2.0)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["decoder-only", "encoder-decoder"])
+def test_dynamic_greedy_equals_target_generate(kind):
+    make = tiny.causal if kind == "decoder-only" else tiny.seq2seq
+    target, drafters = _family(make)
+    T = tiny.wrap(target, "target")
+    D1, D2 = (tiny.wrap(d, f"d{i + 1}") for i, d in enumerate(drafters))
+    cascades = _dynamic_runs(T, D1, D2)
+    accepted = dropped = 0
+    for prompt in PROMPTS:
+        for n in (3, 40):
+            expect = _reference(target, prompt, n)
+            for name, c in cascades.items():
+                r = c.generate(prompt, n)
+                assert r.tokens == expect, f"{name}, prompt {prompt}, n={n}: {r.tokens} != {expect}"
+                accepted += sum(lv.accepted for lv in r.metrics.levels[1:])
+                dropped += sum(lv.dropped for lv in r.metrics.levels[1:])
+    assert accepted > 0 and dropped > 0  # drafts were used, and the planner did trim some
+
+
+def test_unconfident_level_drafts_nothing_when_reviews_are_compute_bound():
+    """A suffix drafter whose every bucket is accepted 30% of the time never pays for a compute-bound
+    review: every step is a plain step, exactly as many target passes as tokens."""
+    target, _ = _family(tiny.causal)
+    T = tiny.wrap(target, "t")
+    cal = _calibration(high=0.3, low=0.3)
+    r = Cascade(T, [SuffixDrafter(cal)], CascadeConfig.make([[8]], dynamic=True, costs=[COMPUTE, None])).generate(PROMPTS[0], 30)
+    assert r.tokens == _reference(target, PROMPTS[0], 30)
+    assert r.metrics.levels[1].drafted == 0 and r.metrics.levels[1].dropped > 0
+    assert r.metrics.levels[0].forward_passes == len(r.tokens)  # one pass per token, as in plain decoding
+    # the same drafter under a memory-bound review drafts, and the target needs fewer passes
+    r2 = Cascade(T, [SuffixDrafter(cal)], CascadeConfig.make([[8]], dynamic=True, costs=[MEMORY, None])).generate(PROMPTS[0], 30)
+    assert r2.tokens == r.tokens and r2.metrics.levels[1].drafted > 0
+
+
+def _sample_counts(make_cascade, cfg: SamplingConfig, n: int = N_RUNS) -> dict[tuple, int]:
+    cascade = make_cascade()
+    counts: Counter = Counter()
+    for seed in range(n):
+        s = SamplingConfig(True, cfg.temperature, cfg.top_k, cfg.top_p, seed)
+        counts[tuple(cascade.generate(PROMPT, 3, s).tokens)] += 1
+    return counts
+
+
+def _dyn_cascades():
+    cal = _calibration(high=0.8, low=0.5)
+
+    def suffix_only():
+        t, _ = table_lm.family()
+        return Cascade(t, [SuffixDrafter(cal)], CascadeConfig.make([[3]], dynamic=True, costs=[MEMORY, None]))
+
+    def three_levels():
+        t, ds = table_lm.family()
+        return Cascade(t, [ds[0], ds[1], SuffixDrafter(cal)], CascadeConfig.make(
+            [[1, 2, 3], [0, 2, 3], [0, 0, 2]], lenience=3.0, dynamic=True, costs=[MEMORY, CHEAP, CHEAP, None]))
+
+    return {"suffix dynamic, temperature 0.9": (suffix_only, SamplingConfig(True, 0.9)),
+            "2 drafters + suffix, dynamic, lenience 3, top-p 0.9": (three_levels, SamplingConfig(True, 1.0, top_p=0.9))}
+
+
+@pytest.mark.parametrize("name", list(_dyn_cascades()))
+def test_dynamic_sampling_matches_target_distribution(name):
+    make, cfg = _dyn_cascades()[name]
+    exact = exact_distribution(make().target, cfg)
+    counts = _sample_counts(make, cfg)
+    p = chi_square_pvalue(counts, exact, N_RUNS)
+    assert p > ALPHA, f"{name}: chi-square p-value {p:.2e}"
+
+
+def test_confidence_is_the_drafters_probability():
+    """What a neural drafter hands upward carries its own probability of each token as confidence."""
+    t, ds = table_lm.family()
+    c = Cascade(t, [ds[0]], CascadeConfig.make([[3]], dynamic=True, costs=[MEMORY, CHEAP]))
+    c.generate(PROMPT, 4)
+    row = ds[0].logits_at(PROMPT, len(PROMPT) - 1)
+    p = np.exp(row - row.max())
+    p /= p.sum()
+    d = c._propose(1, [], 1)  # the state generate() left: same prompt, greedy
+    assert d.tokens == [int(np.argmax(row))] and abs(d.conf[0] - p.max()) < 1e-9
