@@ -12,9 +12,9 @@ from ..protocol import CSDraftingError
 
 BASE_TIER = "Q4_K_M"
 # Tiers derived from the base file by llama.cpp's quantizer. Their VALUES are still those of Q4_K_M
-# (F32 exactly; F16 rounded to half precision; Q8_0 re-quantized); only the storage format, and hence
-# the speed/memory cost profile, changes.
-DERIVED_TIERS = ("Q8_0", "F16", "F32")
+# (F32 exactly; F16 rounded to half precision; Q8_0 and Q4_0 re-quantized); only the storage format, and
+# hence the speed/memory cost profile, changes.
+DERIVED_TIERS = ("Q8_0", "F16", "F32", "Q4_0")
 TIERS = (BASE_TIER, *DERIVED_TIERS)
 
 
