@@ -286,6 +286,20 @@ def test_disconnect_mid_stream_cancels_and_the_next_request_is_exact(gated, refe
     assert after[key] - before.get(key, 0) == 1
     gen = ("csdrafting:generation_tokens_total", frozenset({("model_name", MODEL)}))
     assert after[gen] - before[gen] < 40  # far from the 200 asked for
+
+    # the same for a client that gives up waiting for a non-streamed answer
+    gate.allow(2)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/completions", json={"model": MODEL, "prompt": PROMPTS[2], "max_tokens": 200, "temperature": 0},
+                   timeout=httpx.Timeout(30, read=2.0))
+    _until(lambda: gate.waiting and worker.n_running == 1)
+    job = worker._running
+    _until(lambda: job.cancelled.is_set())
+    gate.allow(float("inf"))
+    _until(lambda: worker.n_running == 0)
+    final = parse_prometheus(httpx.get(base + "/metrics").text)
+    assert final[key] - before.get(key, 0) == 2 and final[gen] - after[gen] < 40
+
     for prompt in PROMPTS[:2]:  # the engine is free and every request starts clean
         out = c.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0)
         assert out.choices[0].text == reference(prompt, 24)[0]
