@@ -34,6 +34,8 @@ def run(args: argparse.Namespace, spec) -> int:
 
     if not 0 < args.port < 65536:
         raise CSDraftingError(f"--port must be in 1..65535 (got {args.port})")
+    if args.max_queue < 0 or args.default_max_tokens < 1:
+        raise CSDraftingError(f"--max-queue must be >= 0 and --default-max-tokens >= 1 (got {args.max_queue}, {args.default_max_tokens})")
     if args.max_body_bytes < 1024:
         raise CSDraftingError(f"--max-body-bytes must be at least 1024 (got {args.max_body_bytes})")
     print(f"# {spec.describe()}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol
 
 from ..cascade.config import CascadeConfig, SamplingConfig
 from ..protocol import CSDraftingError
@@ -254,7 +254,7 @@ def parse(body: Any, kind: Kind, ctx: ModelContext) -> GenerationRequest:
     top_k = _int(body, "top_k", -1) or 0
     top_k = max(top_k, 0)  # -1 (vLLM) and 0 both mean off
     seed = _int(body, "seed")
-    if isinstance(body.get("user"), (dict, list)):
+    if body.get("user") is not None and not isinstance(body["user"], str):
         raise _bad("'user' must be a string", "user")
     stop = _stops(body.get("stop"))
 
@@ -280,6 +280,3 @@ def parse(body: Any, kind: Kind, ctx: ModelContext) -> GenerationRequest:
                    "max_tokens", "context_length_exceeded")
     return GenerationRequest(kind, prompt, max_tokens, sampling, config, stop, stream, include_usage, dict(overrides))
 
-
-def describe_fields(kind: Kind) -> Sequence[str]:
-    return sorted(_COMMON | _ONLY[kind])
