@@ -431,27 +431,26 @@ def test_real_models_serve_exactly(qwen05_gguf):
     from csdrafting.spec import CascadeSpec, build
     from csdrafting.text import StreamText, encode, render_chat
 
-    spec = CascadeSpec(target="qwen2.5-coder-0.5b:Q4_K_M", drafters=["maxgram"], k=[[4]], n_ctx=1024)
+    spec = CascadeSpec(target="qwen2.5-coder-0.5b:Q4_K_M", drafters=["maxgram"], k=[[3]], n_ctx=1024)
     target, drafters, config = build(spec, progress=False)
     worker = EngineWorker(target, drafters, config, model_name="qwen")
-    prompt = "def fibonacci(n):"
+    # repetitive code, so that Max-Gram's copies get accepted
+    prompt = "def f(a, b):\n    return a + b\n\n\ndef g(a, b):\n    return a + b\n\n\ndef h(a, b):\n"
     msgs = [{"role": "user", "content": "Write a Python one-liner that reverses a string."}]
     with serve_tiny.running_server(create_app(worker)) as url:
-        c = client(url, timeout=300)
+        c = client(url, timeout=600)
         plain = c.completions.create(model="qwen", prompt=prompt, max_tokens=16, temperature=0)
-        streamed = "".join(ch.choices[0].text for ch in c.completions.create(model="qwen", prompt=prompt, max_tokens=16,
-                                                                             temperature=0, stream=True))
-        chat = c.chat.completions.create(model="qwen", messages=msgs, max_tokens=16, temperature=0)
+        chunks = list(c.chat.completions.create(model="qwen", messages=msgs, max_tokens=16, temperature=0, stream=True))
     cascade = Cascade(target, drafters, config)
 
     def library(text):
-        tokens = cascade.generate(encode(target, text), 16).tokens
-        return StreamText(target).push(tokens)
+        return StreamText(target).push(cascade.generate(encode(target, text), 16).tokens)
 
     want = library(prompt)
-    assert plain.choices[0].text == streamed == want and len(want) > 10
-    assert chat.choices[0].message.content == library(render_chat(target, msgs))
-    assert [lv["kind"] for lv in plain.model_extra["timings"]["levels"]] == ["target", "statistical"]
+    assert plain.choices[0].text == want and len(want) > 10
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == library(render_chat(target, msgs))
+    levels = plain.model_extra["timings"]["levels"]
+    assert [lv["kind"] for lv in levels] == ["target", "statistical"] and levels[1]["accepted"] > 0
 
 
 def _until(cond, timeout: float = 20.0) -> None:
