@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import httpx
 import openai
@@ -125,6 +127,32 @@ def test_knob_override_is_built_from_the_config_fields():
         override(base, {"maxgram_length": 2.5})
     with pytest.raises(CSDraftingError, match="give 'k' with it"):
         override(base, {"k_spelling": "increments"})
+
+    # fields the server has never heard of are overridable by their annotated types alone
+    got = override(FutureConfig(), {"dynamic": True, "mode": "fast", "depths": [1, 2], "k": [[3]]})
+    assert got == FutureConfig(k=KMatrix.parse([[3]]), dynamic=True, mode="fast", depths=(1, 2))
+    for knobs, message in (({"dynamic": 1}, "'dynamic' must be true or false"),
+                           ({"mode": "slow"}, r"'mode' must be one of \['safe', 'fast'\]"),
+                           ({"depths": [1, "x"]}, r"'depths\[1\]' must be an integer"),
+                           ({"costs": [[1.0, 2.0]]}, "'costs' cannot be set per request"),
+                           ({"depths": [0]}, "depths must be positive")):
+        with pytest.raises(CSDraftingError, match=message):
+            override(FutureConfig(), knobs)
+
+
+@dataclass(frozen=True)
+class FutureConfig:
+    """Stands for fields a later CascadeConfig may have."""
+
+    k: KMatrix | None = None
+    dynamic: bool = False
+    mode: Literal["safe", "fast"] = "safe"
+    depths: tuple[int, ...] = (4,)
+    costs: tuple | None = None  # measured objects: not JSON
+
+    def __post_init__(self) -> None:
+        if any(d < 1 for d in self.depths):
+            raise CSDraftingError("depths must be positive")
 
 
 # ------------------------------------------------------------------------------------------------ completions and chat

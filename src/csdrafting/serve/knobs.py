@@ -90,7 +90,7 @@ def _convert(name: str, value: Any, hint: Any, spelling: str) -> Any:
         if not isinstance(value, list):
             raise CSDraftingError(f"drafting knob {name!r} must be a list (got {value!r})")
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        item = args[0] if len(args) == 1 or Ellipsis in typing.get_args(hint) else Any
+        item = args[0] if len(args) == 1 else Any
         return origin(_convert(f"{name}[{i}]", v, item, spelling) for i, v in enumerate(value))
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
@@ -99,4 +99,10 @@ def _convert(name: str, value: Any, hint: Any, spelling: str) -> Any:
             return hint(**value)
         except TypeError as exc:
             raise CSDraftingError(f"drafting knob {name!r}: {exc}") from None
-    return value  # a type we do not know: the config's own validation judges it
+    if hint is Any:
+        return value  # no annotation to go by: the config's own validation judges it
+    # e.g. a tuple of measured cost curves: nothing a request could spell in JSON
+    raise CSDraftingError(
+        f"drafting knob {name!r} cannot be set per request (its values are {getattr(hint, '__name__', hint)}, not "
+        "plain JSON); set it in the cascade config the server was started with"
+    )

@@ -74,7 +74,6 @@ class ModelContext(Protocol):
 
     model_name: str
     base_config: CascadeConfig
-    n_drafters: int
     vocab_size: int
     context_length: int
     default_max_tokens: int
@@ -82,6 +81,9 @@ class ModelContext(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def render_chat(self, messages: list[dict]) -> str: ...
+
+    def check_config(self, config: CascadeConfig) -> None:
+        """Raise CSDraftingError if `config` cannot drive the served models."""
 
 
 @dataclass
@@ -261,7 +263,7 @@ def parse(body: Any, kind: Kind, ctx: ModelContext) -> GenerationRequest:
     overrides = body.get(KNOBS_FIELD) or {}
     try:
         config = knobs_mod.override(ctx.base_config, overrides) if overrides else ctx.base_config
-        config.check_levels(ctx.n_drafters)
+        ctx.check_config(config)
     except CSDraftingError as exc:
         raise _bad(f"'{KNOBS_FIELD}': {exc}", KNOBS_FIELD) from None
     sampling = SamplingConfig(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,

@@ -134,7 +134,6 @@ class EngineWorker:
         self.drafters = list(drafters)
         self.base_config = config or CascadeConfig()
         Cascade(target, self.drafters, self.base_config)  # validate the cascade once, at start
-        self.n_drafters = len(self.drafters)
         self.model_name = model_name or target.info.name
         self._text_model = target  # text in and out through the target's tokenizer, as `csdrafting generate`
         text_mod.tokenizer_of(target)  # fail at start, not on the first request
@@ -158,6 +157,10 @@ class EngineWorker:
 
     def render_chat(self, messages: list[dict]) -> str:
         return text_mod.render_chat(self._text_model, messages)
+
+    def check_config(self, config: CascadeConfig) -> None:
+        # building a Cascade only validates (K's shape, cost curves per level, ...); it touches no model
+        Cascade(self.target, self.drafters, config)
 
     # ------------------------------------------------------------------ queue
     @property
