@@ -53,7 +53,8 @@ class CharTokenizer:
 
 
 class Gate:
-    """Wraps a model so that each extend() waits for a permit: a test decides when the engine may step."""
+    """Wraps a model so that each extend() waits for a permit: a test decides when the engine may step
+    (and can make the next step fail)."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -62,6 +63,7 @@ class Gate:
         self._cond = threading.Condition()
         self._permits: float = float("inf")
         self.waiting = False
+        self.fail_next = False  # the next extend() raises, as a backend fault would
 
     def allow(self, n: float) -> None:
         with self._cond:
@@ -82,6 +84,9 @@ class Gate:
                 raise RuntimeError("test gate never opened")
             self.waiting = False
             self._permits -= 1
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeError("injected backend fault")
         return self.model.extend(tokens, logits_from)
 
     def rollback(self, n: int) -> None:

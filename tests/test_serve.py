@@ -333,6 +333,46 @@ def test_disconnect_mid_stream_cancels_and_the_next_request_is_exact(gated, refe
         assert out.choices[0].text == reference(prompt, 24)[0]
 
 
+def test_an_engine_fault_fails_one_request_and_the_server_goes_on(gated, reference):
+    url, worker, gate = gated
+    c = client(url)
+    gate.allow(float("inf"))
+    gate.fail_next = True
+    with pytest.raises(openai.InternalServerError) as e:
+        c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=12, temperature=0)
+    assert e.value.status_code == 500 and "RuntimeError: injected backend fault" in e.value.body["message"]
+    gate.fail_next = True
+    stream = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=12, temperature=0, stream=True)
+    with pytest.raises(openai.APIError, match="injected backend fault"):
+        list(stream)  # the error arrives as an event of the stream
+    for prompt in PROMPTS[:2]:
+        out = c.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0)
+        assert out.choices[0].text == reference(prompt, 24)[0]
+
+
+def test_prefix_reuse_changes_no_output(reference):
+    """--reuse-prefix: the next request re-evaluates only what differs from the previous one."""
+    from csdrafting.serve.schema import parse
+
+    target, drafters, config = serve_tiny.cascade_parts(TOK)
+    worker = EngineWorker(target, drafters, config, model_name=MODEL, reuse_prefix=True)
+    worker.start()
+    try:
+        evaluated = []
+        for prompt in (PROMPTS[0], PROMPTS[0] + " return a"):
+            done = threading.Event()
+            events = []
+            worker.submit(parse({"prompt": prompt, "max_tokens": 16, "temperature": 0}, "completion", worker),
+                          lambda kind, payload: (events.append((kind, payload)), kind != "text" and done.set()))
+            assert done.wait(30)
+            assert "".join(p for k, p in events if k == "text") == reference(prompt, 16)[0]
+            evaluated.append(events[-1][1]["timings"]["levels"][0]["tokens_evaluated"])
+        cold = reference(PROMPTS[0] + " return a", 16)[1].metrics.levels[0].tokens_evaluated
+        assert evaluated[1] < cold  # the shared prefix was not evaluated again
+    finally:
+        worker.stop()
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def test_every_bad_input_gets_an_openai_error(server, reference):
     url, _ = server

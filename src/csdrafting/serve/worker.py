@@ -150,6 +150,7 @@ class EngineWorker:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._mean_seconds = 1.0  # running mean of request durations, for Retry-After
+        self._cold_next = False  # after a failed generation, the next one starts from empty caches
 
     # ------------------------------------------------------------------ what validation needs (schema.ModelContext)
     def encode(self, text: str) -> list[int]:
@@ -226,6 +227,7 @@ class EngineWorker:
                 _emit(job, "error", APIError(400, str(exc)))
             except Exception as exc:  # never take the server down; the next request starts from a clean state
                 log.exception("generation %s failed", job.id)
+                self._cold_next = True
                 self.metrics.failed("internal")
                 _emit(job, "error", APIError(500, f"internal error during generation: {type(exc).__name__}: {exc}"))
             finally:
@@ -248,7 +250,9 @@ class EngineWorker:
             if job.cancelled.is_set():
                 raise StopGeneration("cancelled")
 
-        result = cascade.generate(req.prompt, req.max_tokens, req.sampling, on_tokens, keep_cache=self.reuse_prefix)
+        keep = self.reuse_prefix and not self._cold_next
+        self._cold_next = False
+        result = cascade.generate(req.prompt, req.max_tokens, req.sampling, on_tokens, keep_cache=keep)
         finish = result.finish_reason
         if finish in ("eos", "length"):
             out, hit = scanner.push(decoder.flush())
