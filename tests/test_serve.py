@@ -389,6 +389,7 @@ def test_every_bad_input_gets_an_openai_error(server, reference):
 
     raw("/v1/completions", b"{not json", 400, "not valid JSON")
     raw("/v1/chat/completions", b"", 400, "empty")
+    raw("/v1/completions", b"[" * 50_000, 400, "nests too deeply")
     raw("/v1/completions", b"[1, 2]", 400, "must be a JSON object")
     raw("/v1/completions", json.dumps({"prompt": "x" * 70_000}).encode(), 413, "at most 65536")
     # (the openai client refuses to send these itself)
