@@ -113,6 +113,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(spec_from_args(args), n_prompts=args.prompts, max_new_tokens=args.max_new_tokens)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.cli import run
+
+    return run(args, spec_from_args(args))
+
+
 def cmd_models(argv: list[str]) -> int:
     from .store import cli_models
 
@@ -165,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--max-new-tokens", type=int, default=96)
     _add_cascade_args(d)
     d.set_defaults(func=cmd_demo)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming, /metrics)")
+    _add_cascade_args(sv)
+    from .serve.cli import add_args as _add_serve_args
+
+    _add_serve_args(sv)
+    sv.set_defaults(func=cmd_serve)
 
     pr = sub.add_parser("prepare", help="install and verify the models of a cascade (default: the built-in one)")
     _add_cascade_args(pr)

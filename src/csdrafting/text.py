@@ -24,8 +24,12 @@ def encode(model, text: str) -> list[int]:
 
 def chat_prompt(model, user_text: str) -> str:
     """`user_text` as one user turn in the model's chat template, ready for the assistant's answer."""
+    return render_chat(model, [{"role": "user", "content": user_text}])
+
+
+def render_chat(model, messages: list[dict]) -> str:
+    """A conversation ({"role", "content"} dicts) in the model's chat template, ready for the assistant."""
     tok = tokenizer_of(model)
-    messages = [{"role": "user", "content": user_text}]
     if hasattr(tok, "stream_decoder"):
         return tok.apply_chat_template(messages, add_generation_prompt=True)
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

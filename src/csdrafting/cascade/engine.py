@@ -39,6 +39,18 @@ from .sampling import sample, softmax, warp
 Drafter = Union[LanguageModel, StatisticalDrafter]
 
 
+class StopGeneration(Exception):
+    """Raised by an `on_tokens` callback to end a generation between two target steps.
+
+    The tokens of the step that was just passed to the callback are kept; `reason` becomes the result's
+    finish_reason (a server uses "stop" for a stop string it found, "cancelled" for a client that left).
+    """
+
+    def __init__(self, reason: str = "stop") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class Draft:
     """Tokens after a base, each with the distribution it was drawn from and the level that emitted it."""
@@ -126,7 +138,7 @@ class _ModelLevel:
 @dataclass
 class GenerationResult:
     tokens: list[int]
-    finish_reason: str  # "eos" or "length"
+    finish_reason: str  # "eos", "length", or the reason of a StopGeneration raised by on_tokens
     metrics: GenerationMetrics
     config: dict
 
@@ -176,6 +188,9 @@ class Cascade:
     ) -> GenerationResult:
         """Generate up to max_new_tokens after `prompt`, calling on_tokens with each batch of new tokens.
 
+        on_tokens may raise StopGeneration to end the generation there (stop strings, cancellation); it is
+        called between target steps, so every model's cache is consistent when it does.
+
         keep_cache=True lets each model reuse the KV cache of the previous generation for the prefix it
         shares with this one (same output, less prefill); the default starts every model cold, so that
         timings of different configurations on the same models are comparable.
@@ -210,7 +225,11 @@ class Cascade:
                 if isinstance(lv, _ModelLevel):
                     lv.forget_before(len(lv.prefix) + len(generated) - 1)
             if on_tokens:
-                on_tokens(list(got.tokens))
+                try:
+                    on_tokens(list(got.tokens))
+                except StopGeneration as stop:
+                    finish = stop.reason
+                    break
             if ends:
                 finish = "eos"
                 break
