@@ -275,3 +275,23 @@ def test_confidence_is_the_drafters_probability():
     p /= p.sum()
     d = c._propose(1, [], 1)  # the state generate() left: same prompt, greedy
     assert d.tokens == [int(np.argmax(row))] and abs(d.conf[0] - p.max()) < 1e-9
+
+
+def test_calibration_texts_resume_from_their_cache(tmp_path):
+    """`csdrafting calibrate` records the target's outputs as it goes; a rerun reuses them (no new passes)."""
+    from csdrafting.tune.calibrate import calibrate, reference_texts, tree_headroom
+
+    t, _ = table_lm.family(vocab=7, eos=None)
+    cache = tmp_path / "texts.jsonl"
+    prompts = [[1, 2, 3, 1, 2], [4, 5, 4, 5]]
+    first = reference_texts(t, prompts, 12, progress=False, cache=cache)
+    calls = t.calls
+    again = reference_texts(t, prompts, 12, progress=False, cache=cache)
+    assert again == first and t.calls == calls and len(cache.read_text().splitlines()) == 2
+    assert all(len(out) == 12 for _, out in first)
+    cal = calibrate(t, {"a": prompts[:1], "b": prompts[1:]}, 12, progress=False, cache=cache)
+    assert t.calls == calls and set(cal.meta["per_dataset"]) == {"a", "b"}
+    assert sum(v[1] for v in cal.counts.values()) == sum(sum(v[1] for v in c.values()) for c in cal.meta["per_dataset"].values())
+    head = tree_headroom(first)
+    assert head["positions"] == 24 and head["first_right"] <= head["matched"] <= 24
+    assert head["runner_up_right"] <= head["with_runner_up"] <= head["matched"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from csdrafting import Cascade, CascadeConfig, LanguageModel, MaxGram
+from csdrafting import Cascade, CascadeConfig, MaxGram
 from csdrafting.drafters.corpus import load_default_qwen_bigram
 from csdrafting.bench.datasets import load
 from csdrafting.spec import DEFAULT_SPEC, build, load_model
@@ -19,15 +19,23 @@ def default_cascade():
     return target, drafters, config
 
 
-def test_default_cascade_is_exact_on_humaneval(default_cascade):
-    """The default cascade, and a full vertical + horizontal cascade with lenience, reproduce plain greedy
-    decoding of the same target token for token."""
+def test_default_cascade_is_exact_on_humaneval(default_cascade, qwen05_gguf):
+    """The default cascade (the suffix drafter, cost-aware, on the shipped Q4_K_M target), a dynamic
+    0.5B reviewing the suffix drafter, and the paper's vertical + horizontal cascade with lenience reproduce
+    plain greedy decoding of the same target token for token."""
+    from csdrafting.backends.llamacpp import LlamaCppModel
+    from csdrafting.cascade.planning import measure
+    from csdrafting.drafters.suffix import SuffixDrafter, default_calibration
+
     target, drafters, config = default_cascade
-    small = next(d for d in drafters if isinstance(d, LanguageModel))
-    full = CascadeConfig.make([[6, 10], [0, 2]], lenience=2)
+    small = LlamaCppModel(qwen05_gguf, n_threads=2, n_ctx=4096, name="qwen2.5-coder-0.5b")
+    cal = default_calibration()
+    dynamic = CascadeConfig.make([[8, 12], [0, 6]], dynamic=True, costs=[config.costs[0], measure(small), None])
     engines = {
         "default": Cascade(target, drafters, config),
-        "0.5B reviewing Max-Gram, horizontal, lenience 2": Cascade(target, [small, MaxGram(load_default_qwen_bigram())], full),
+        "0.5B reviewing the suffix drafter, cost-aware": Cascade(target, [small, SuffixDrafter(cal)], dynamic),
+        "0.5B reviewing Max-Gram, horizontal, lenience 2": Cascade(
+            target, [small, MaxGram(load_default_qwen_bigram())], CascadeConfig.make([[6, 10], [0, 2]], lenience=2)),
     }
     plain = Cascade(target, [])
     prompts = load("humaneval", limit=3)

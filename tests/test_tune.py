@@ -377,12 +377,20 @@ def test_cli_tune_then_validate_on_synthetic_models(tmp_path, monkeypatch, capsy
     rc = tune_cli.main(["--target", str(paths["T"]), "--drafters", str(paths["A"]), str(paths["B"]), MAXGRAM,
                         "--out", str(out), "--prompts", "2", "--max-new-tokens", "80", "--reps", "1", "--no-progress"])
     text = capsys.readouterr().out
-    assert rc == 0 and "best:" in text and "predicted" in text
+    assert rc == 0 and "best:" in text and "predicted" in text and "raced best" in text
     spec = CascadeSpec.load(out)
     report = json.loads((tmp_path / "tuned.report.json").read_text())
-    assert spec.target == str(paths["T"]) and spec.lenience == 1.0 and "predicted" in spec.note
+    assert spec.target == str(paths["T"]) and spec.lenience == 1.0 and "raced best" in spec.note
     assert report["settings"]["split"] == "calibration" and report["settings"]["prompt_ids"] == ["calibration/0", "calibration/1"]
-    assert report["best"]["drafters"] == spec.drafters
+    # the race: the static search's best against cost-aware candidates, measured; the winner is written
+    race = report["race"]
+    assert race[0]["spec"]["drafters"] == report["best"]["drafters"] and race[0]["config"].startswith("static best")
+    assert any(r["spec"]["drafters"] == ["suffix"] and r["spec"]["dynamic"] for r in race)
+    assert all(r["identical_to_plain"] == "2/2" for r in race)
+    winner = max(race, key=lambda r: r["median_speedup"])
+    assert spec.drafters == winner["spec"]["drafters"] and spec.dynamic == winner["spec"]["dynamic"]
+    if spec.dynamic and "suffix" in spec.drafters:  # its calibration was written beside the config
+        assert (tmp_path / "tuned.suffix.json").is_file()
     rc = tune_cli.main(["--validate", str(out), "--prompts", "2", "--max-new-tokens", "60", "--no-progress",
                         "--validate-out", str(tmp_path / "val.json")])
     text = capsys.readouterr().out

@@ -15,12 +15,18 @@ def _add_cascade_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="cascade config JSON (as written by `csdrafting tune`)")
     g.add_argument("--target", help="target model: NAME:TIER from the store, a .gguf file or a transformers directory")
     g.add_argument("--drafter", action="append", default=None,
-                   help="drafter, largest first; repeat for a cascade; 'maxgram' for Max-Gram (last only)")
+                   help="drafter, largest first; repeat for a cascade; 'suffix' (confident suffix matches) or "
+                        "'maxgram' (the paper's Max-Gram) for a statistical bottom level (last only)")
     g.add_argument("--plain", action="store_true", help="no drafters: plain autoregressive decoding of the target")
     g.add_argument("--k", help="K matrix as JSON, e.g. '[[4,12],[0,8]]'")
     g.add_argument("--k-spelling", choices=["cumulative", "increments"], help="how --k is written (default cumulative, the paper's)")
     g.add_argument("--lenience", type=float, help="lenience at intermediate reviewers (>= 1; the target always uses 1)")
-    g.add_argument("--maxgram-length", type=int, help="tokens Max-Gram proposes per call (default: what its quota asks)")
+    g.add_argument("--maxgram-length", type=int, help="tokens the statistical drafter proposes per call (default: what its quota asks)")
+    g.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=None,
+                   help="cost-aware drafting: K is a cap, each level drafts only what its confidence pays for "
+                        "(default: on in the built-in cascade)")
+    g.add_argument("--suffix-persist", action=argparse.BooleanOptionalAction, default=None,
+                   help="the suffix drafter keeps the outputs of earlier generations of this process")
     g.add_argument("--backend", choices=["llamacpp", "hf"], help="model backend (default llamacpp)")
     g.add_argument("--threads", type=int, help="CPU threads per model (default 2)")
 
@@ -59,7 +65,7 @@ def spec_from_args(args: argparse.Namespace):
         spec.k_spelling = args.k_spelling or "cumulative"
     elif args.k_spelling:
         spec.k_spelling = args.k_spelling
-    for attr in ("lenience", "maxgram_length", "backend", "threads"):
+    for attr in ("lenience", "maxgram_length", "backend", "threads", "dynamic", "suffix_persist"):
         v = getattr(args, attr, None)
         if v is not None:
             setattr(spec, attr, v)
@@ -127,11 +133,11 @@ def cmd_models(argv: list[str]) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Install and verify every model a cascade config names (the default one unless --config)."""
-    from .spec import MAXGRAM, resolve
+    from .spec import STATISTICAL, resolve
 
     spec = spec_from_args(args)
     for ref in [spec.target, *spec.drafters]:
-        if ref != MAXGRAM:
+        if ref not in STATISTICAL:
             print(f"{ref}: {resolve(ref, spec.backend)}")
     return 0
 
@@ -193,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, mod, helptext in (
         ("bench", "bench.cli", "benchmark CS Drafting against plain decoding, speculative decoding and peers"),
         ("tune", "tune.cli", "choose the cascade and K from costs and acceptance measured on this machine"),
+        ("calibrate", "tune.calibrate", "measure the suffix drafter's acceptance per feature bucket on calibration prompts"),
     ):
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.set_defaults(delegate=mod)

@@ -5,7 +5,11 @@ default); `build()` turns it into live models. A model reference is one of:
 - `NAME:TIER` from the model store, e.g. `qwen2.5-coder-1.5b:F32` (tier defaults to Q4_K_M);
 - a path to a `.gguf` file (llama.cpp backend, or transformers with backend "hf");
 - a path to a transformers checkpoint directory (transformers backend);
-- `maxgram` for the Max-Gram drafter (last drafter only).
+- `maxgram` for the Max-Gram drafter, `suffix` for the confident suffix drafter (last drafter only).
+
+With `dynamic: true` the cascade drafts cost-aware (cascade/planning.py) from the cost curves in `costs`
+(model ref -> measured curve, as `csdrafting tune` writes them); a neural model without a curve there is
+measured when the cascade is built (a few seconds).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from .drafters.maxgram import MaxGram
 from .protocol import CSDraftingError
 
 MAXGRAM = "maxgram"
+SUFFIX = "suffix"
+STATISTICAL = (MAXGRAM, SUFFIX)
 
 
 @dataclass
@@ -34,19 +40,40 @@ class CascadeSpec:
     threads: int = 2
     n_ctx: int = 4096
     bigram: str | None = "default"  # "default" (the packaged Qwen table), a path, or None
+    dynamic: bool = False  # cost-aware drafting; K is then a cap
+    costs: dict[str, dict] | None = None  # model ref -> CostCurve JSON (measured), for dynamic drafting
+    # the suffix drafter: calibration ("default": packaged, measured with the default target; a path;
+    # None: no confidences), longest context, min-hits gate, store of earlier outputs across requests
+    suffix_calibration: str | None = "default"
+    suffix_max_ngram: int = 12
+    suffix_min_count: int = 1
+    suffix_persist: bool = False
     note: str = ""  # free text: where the spec came from (e.g. the tuner's prediction)
 
-    def cascade_config(self) -> CascadeConfig:
-        return CascadeConfig.make(self.k, self.k_spelling, self.lenience, self.maxgram_length)
+    def cascade_config(self, costs: list | None = None) -> CascadeConfig:
+        return CascadeConfig.make(self.k, self.k_spelling, self.lenience, self.maxgram_length, self.dynamic, costs)
 
     def validate(self) -> None:
         if self.backend not in ("llamacpp", "hf"):
             raise CSDraftingError(f"backend must be 'llamacpp' or 'hf', not {self.backend!r}")
-        if MAXGRAM in self.drafters[:-1]:
-            raise CSDraftingError("maxgram can only be the last drafter")
+        for name in STATISTICAL:
+            if name in self.drafters[:-1]:
+                raise CSDraftingError(f"{name} can only be the last drafter")
         CascadeConfig.check_levels(self.cascade_config(), len(self.drafters))
+        if self.suffix_max_ngram < 1 or self.suffix_min_count < 1:
+            raise CSDraftingError("suffix_max_ngram and suffix_min_count must be >= 1")
+        if self.costs is not None:
+            from .cascade.planning import CostCurve
+
+            if not isinstance(self.costs, dict):
+                raise CSDraftingError("costs must map model refs to cost curves ({'ns': [...], 'seconds': [...]})")
+            for ref, curve in self.costs.items():
+                try:
+                    CostCurve.from_json(curve)
+                except (KeyError, TypeError) as exc:
+                    raise CSDraftingError(f"costs[{ref!r}] is not a cost curve ({{'ns': [...], 'seconds': [...]}}): {exc}") from None
         for ref in [self.target, *self.drafters]:
-            if ref != MAXGRAM:
+            if ref not in STATISTICAL:
                 check_ref(ref)
 
     def to_json(self) -> dict[str, Any]:
@@ -80,30 +107,37 @@ class CascadeSpec:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise CSDraftingError(f"cascade config {path} is not valid JSON: {exc}") from None
+        cal = data.get("suffix_calibration") if isinstance(data, dict) else None
+        if cal not in (None, "default") and not Path(cal).is_absolute():
+            data["suffix_calibration"] = str(path.parent / cal)  # written beside the config by `tune`
         return cls.from_json(data)
 
     def describe(self) -> str:
         k = KMatrix.parse(self.k, self.k_spelling).cumulative if self.k else None
         return (
             f"target {self.target}; drafters {', '.join(self.drafters) or '(none: plain decoding)'}; "
-            f"K (cumulative) {[list(r) for r in k] if k else '-'}; lenience {self.lenience}; "
-            f"backend {self.backend}, {self.threads} threads"
+            f"K (cumulative) {[list(r) for r in k] if k else '-'}{' as a cap, cost-aware' if self.dynamic else ''}; "
+            f"lenience {self.lenience}; backend {self.backend}, {self.threads} threads"
         )
 
 
-# The embedded default: the packaged Qwen2.5-Coder pair on llama.cpp, chosen by measurement (README,
-# "Choosing the default cascade"). The target's F32 tier is its memory-bound cost profile: verifying 11
-# tokens costs about 2x one token. Every cascade shape was measured (bench on 16 prompts, and
-# `csdrafting tune`): on this CPU a Q4 drafter's batched review is compute-bound (8 tokens cost ~5x one)
-# and Max-Gram's late-position proposals are rarely accepted, so the best cascade is its degenerate case,
-# the 0.5B drafting 10 tokens for the target. `csdrafting tune` re-decides this for other hardware.
+# The embedded default: the shipped Qwen2.5-Coder-1.5B Q4_K_M file (what a CPU user runs) with the
+# confident suffix drafter below it, drafting cost-aware up to 16 tokens (README, "Choosing the default").
+# At this precision every model here is compute-bound on a CPU (reviewing k tokens costs about k/2
+# passes), so a neural drafter cannot pay and only a near-free level that drafts when it is confident
+# can. The target's cost curve (seconds of one pass over n new tokens) was measured on a quiet 2-core
+# x86-64 machine of the kind this project runs on (shared/reference/environment.md); only its shape
+# matters to the planner. `csdrafting tune` measures it again, and re-decides the cascade, per machine.
+DEFAULT_TARGET = "qwen2.5-coder-1.5b:Q4_K_M"
 DEFAULT_SPEC = CascadeSpec(
-    target="qwen2.5-coder-1.5b:F32",
-    drafters=["qwen2.5-coder-0.5b:Q4_K_M"],
-    k=[[10]],
+    target=DEFAULT_TARGET,
+    drafters=[SUFFIX],
+    k=[[16]],
     k_spelling="cumulative",
     lenience=1.0,
-    note="built-in default (measured best on 2-core x86-64 CPUs; see README)",
+    dynamic=True,
+    costs={DEFAULT_TARGET: {"ns": [1, 2, 4, 8, 12, 16], "seconds": [0.086, 0.132, 0.170, 0.348, 0.477, 0.477]}},
+    note="built-in default (measured fastest at the shipped precision on 2-core x86-64 CPUs; see README)",
 )
 
 
@@ -167,24 +201,59 @@ def load_model(ref: str, backend: str = "llamacpp", threads: int = 2, n_ctx: int
     return model
 
 
-def build(spec: CascadeSpec, progress: bool = True):
-    """(target, drafters, CascadeConfig) ready for `Cascade`."""
+def _bigram(spec: CascadeSpec, vocab_size: int):
     from .drafters.bigram import BigramTable
     from .drafters.corpus import load_default_qwen_bigram
 
+    if spec.bigram == "default":
+        table = load_default_qwen_bigram()
+        return table if table.vocab_size == vocab_size else None
+    return BigramTable.load(spec.bigram) if spec.bigram else None
+
+
+def statistical_drafter(spec: CascadeSpec, ref: str, vocab_size: int):
+    """The statistical drafter `ref` names (maxgram or suffix), configured as the spec says."""
+    if ref == MAXGRAM:
+        return MaxGram(_bigram(spec, vocab_size))
+    from .drafters.suffix import Calibration, SuffixDrafter, default_calibration
+
+    if spec.suffix_calibration == "default":
+        cal = default_calibration()
+    else:
+        cal = Calibration.load(spec.suffix_calibration) if spec.suffix_calibration else None
+    return SuffixDrafter(cal, _bigram(spec, vocab_size), spec.suffix_max_ngram, spec.suffix_min_count, spec.suffix_persist)
+
+
+def cost_curves(spec: CascadeSpec, models: list, progress: bool = True) -> list | None:
+    """One CostCurve per level (None for statistical ones) for dynamic drafting; measures what is missing."""
+    if not spec.dynamic or not spec.drafters:
+        return None
+    from .cascade.planning import CostCurve, measure
+
+    refs = [spec.target, *spec.drafters]
+    out = []
+    for ref, model in zip(refs, models):
+        if ref in STATISTICAL:
+            out.append(None)
+        elif spec.costs and ref in spec.costs:
+            out.append(CostCurve.from_json(spec.costs[ref]))
+        else:
+            if progress:
+                import sys
+
+                print(f"measuring the cost curve of {ref} for cost-aware drafting ...", file=sys.stderr)
+            out.append(measure(model))
+    return out
+
+
+def build(spec: CascadeSpec, progress: bool = True):
+    """(target, drafters, CascadeConfig) ready for `Cascade`."""
     spec.validate()
     target = load_model(spec.target, spec.backend, spec.threads, spec.n_ctx, progress)
     drafters = []
     for ref in spec.drafters:
-        if ref == MAXGRAM:
-            if spec.bigram == "default":
-                table = load_default_qwen_bigram()
-                table = table if table.vocab_size == target.info.vocab_size else None
-            elif spec.bigram:
-                table = BigramTable.load(spec.bigram)
-            else:
-                table = None
-            drafters.append(MaxGram(table))
+        if ref in STATISTICAL:
+            drafters.append(statistical_drafter(spec, ref, target.info.vocab_size))
         else:
             drafters.append(load_model(ref, spec.backend, spec.threads, spec.n_ctx, progress))
-    return target, drafters, spec.cascade_config()
+    return target, drafters, spec.cascade_config(cost_curves(spec, [target, *drafters], progress))

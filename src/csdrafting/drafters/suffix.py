@@ -179,6 +179,7 @@ class SuffixDrafter(StatisticalDrafter):
 
     max_ngram: longest context matched; min_count: a continuation must have followed its context at
     least this often (llama.cpp's min-hits); persist: keep a store of earlier outputs across requests;
+    min_chain_confidence: stop chaining once the product of the confidences so far falls below it;
     bigram: fallback table; calibration: measured acceptance per bucket (None: confidences unknown,
     so the engine cannot trim the proposals and drafts them as K says).
     """
@@ -190,6 +191,7 @@ class SuffixDrafter(StatisticalDrafter):
         max_ngram: int = 12,
         min_count: int = 1,
         persist: bool = False,
+        min_chain_confidence: float = 0.05,
         name: str = "Suffix",
     ) -> None:
         if max_ngram < 1 or min_count < 1:
@@ -198,6 +200,7 @@ class SuffixDrafter(StatisticalDrafter):
         self.bigram = bigram
         self.max_ngram = max_ngram
         self.min_count = min_count
+        self.min_chain_confidence = min_chain_confidence
         self.name = name
         self.index = NgramCounts(max_ngram)
         self.store = NgramCounts(max_ngram, undo=False) if persist else None
@@ -256,15 +259,20 @@ class SuffixDrafter(StatisticalDrafter):
         self.sync(seq)
         base = len(self.index.text)
         out = Proposal()
+        chain = 1.0
         try:
             while len(out) < n:
                 nxt = self.next_token()
                 if nxt is None:
                     break
                 tok, key = nxt
+                conf = self.confidence(key)
                 out.tokens.append(tok)
-                out.confidence.append(self.confidence(key))
+                out.confidence.append(conf)
                 self.index.append(tok)
+                chain *= 1.0 if conf is None else conf
+                if chain < self.min_chain_confidence:
+                    break  # a later token could add at most `chain` expected tokens: not worth proposing
         finally:
             self.index.truncate(base)
         return out

@@ -27,8 +27,8 @@ from .acceptance import Trace
 from .model import MAXGRAM, CascadeModel, Config, Measurements
 from .replay import replay
 
-DEFAULT_TARGET = "qwen2.5-coder-1.5b:F32"
-DEFAULT_DRAFTERS = ["qwen2.5-coder-1.5b:Q4_K_M", "qwen2.5-coder-0.5b:Q4_K_M", MAXGRAM]
+DEFAULT_TARGET = "qwen2.5-coder-1.5b:Q4_K_M"  # the shipped precision: what a user runs
+DEFAULT_DRAFTERS = ["qwen2.5-coder-0.5b:Q4_K_M", "qwen2.5-coder-0.5b:Q4_0", MAXGRAM]
 
 
 def report_path(out: str | Path) -> Path:
@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-quota", type=int, default=48, help="largest cumulative draft length the search considers")
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-race", action="store_true",
+                   help="skip the final race of the best static config against cost-aware (dynamic) candidates")
+    p.add_argument("--race-prompts", type=int, default=4, help="calibration prompts the race runs (default 4)")
     p.add_argument("--validate", metavar="CONFIG", help="measure a tuned config and its runner-ups on EVAL prompts")
     p.add_argument("--top", type=int, default=4, help="with --validate: also measure this many next-best configs")
     p.add_argument("--skip-chains", action="store_true",
@@ -214,6 +217,9 @@ def run_tune(args: argparse.Namespace, out=None) -> int:
             f"{args.dataset} prompts, {max_new} new tokens, {args.backend}, {args.threads} threads; "
             f"measurements in {report_path(args.out).name}")
     spec = to_spec(cfg, args.target, args.backend, args.threads, args.n_ctx, note)
+    race_table = []
+    if not args.no_race:
+        spec, race_table = _race_dynamic(args, spec, target, neural, maxgram, meas, cal, prompts, max_new, stamp, out)
     spec.save(args.out)
     rep = Path(args.report) if args.report else report_path(args.out)
     report = {
@@ -229,12 +235,76 @@ def run_tune(args: argparse.Namespace, out=None) -> int:
         "best_per_chain": [_ranked_json(r) for r in sorted(sr.best_per_chain.values(), key=lambda r: -r.score)],
         "top": [_ranked_json(r) for r in sr.ranked[:30]],
         "stats": cal.stats,
+        "race": race_table,
         "traces": traces_to_json(cal.traces),
     }
     rep.parent.mkdir(parents=True, exist_ok=True)
     rep.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out} (use it with --config) and {rep}", file=out)
     return 0
+
+
+def _race_dynamic(args, static_spec, target, neural, maxgram, meas, cal, prompts, max_new, stamp, out):
+    """Race the best static config against cost-aware candidates built from the measurements (race.py).
+
+    Returns the winner's spec (with its cost curves and, for the suffix drafter, the calibration written
+    beside the config) and the race table.
+    """
+    from dataclasses import replace
+
+    from ..cascade.engine import Cascade
+    from ..drafters.suffix import SuffixDrafter
+    from ..spec import SUFFIX
+    from .race import Entry, race
+
+    suffix_cal = SuffixDrafter().calibrate([(tr.prompt, tr.tokens) for tr in cal.traces],
+                                           meta={"target": args.target, "source": "csdrafting tune calibration traces"})
+    cal_path = Path(args.out).with_name(Path(args.out).stem + ".suffix.json")
+    suffix_cal.save(cal_path)
+    models = {args.target: target, **neural}
+    costs = {ref: meas.costs[ref].to_json() for ref in models if ref in meas.costs}
+    base = replace(static_spec, dynamic=True, costs=costs, suffix_calibration=cal_path.name, lenience=1.0,
+                   maxgram_length=None, note="")
+    candidates = [replace(base, drafters=[SUFFIX], k=[[16]])]
+    for ref in neural:
+        candidates.append(replace(base, drafters=[ref, SUFFIX], k=[[12, 28], [0, 0]]))  # D, then suffix (horizontal)
+        candidates.append(replace(base, drafters=[ref, SUFFIX], k=[[12, 12], [0, 8]]))  # D reviewing suffix (vertical)
+
+    def engine(spec):
+        def make():
+            from ..spec import cost_curves, statistical_drafter
+
+            drafters = []
+            for ref in spec.drafters:
+                if ref == MAXGRAM:
+                    drafters.append(maxgram)
+                elif ref == SUFFIX:
+                    drafters.append(statistical_drafter(replace(spec, suffix_calibration=str(cal_path)), ref, target.info.vocab_size))
+                else:
+                    drafters.append(neural[ref])
+            return Cascade(target, drafters, spec.cascade_config(cost_curves(spec, [target, *drafters], progress=False)))
+        return make
+
+    entries = [Entry(f"static best: {static_spec.describe()}", engine(static_spec), static_spec)]
+    entries += [Entry(c.describe(), engine(c), c) for c in candidates]
+    race_prompts = [p for _, p in prompts[: max(1, min(len(prompts), args.race_prompts))]]
+    print(f"\nrace on {len(race_prompts)} calibration prompts x {max_new} tokens (measured, end to end; median of "
+          "per-prompt ratios to plain decoding run in the same loop):", file=out)
+    plain_entry = race(target, entries, race_prompts, max_new, progress=not args.no_progress)
+    table = []
+    for e in entries:
+        sp = e.median_speedup(plain_entry)
+        same = sum(o == p for o, p in zip(e.outputs, plain_entry.outputs))
+        table.append({"config": e.label, "median_speedup": sp, "tokens_per_second": sum(e.tokens) / sum(e.seconds),
+                      "identical_to_plain": f"{same}/{len(race_prompts)}", "spec": e.spec.to_json()})
+        print(f"  {sp:5.2f}x  {sum(e.tokens) / sum(e.seconds):6.2f} tok/s  identical {same}/{len(race_prompts)}  {e.label}", file=out)
+    best = max(entries, key=lambda e: e.median_speedup(plain_entry))
+    spec = best.spec
+    spec.note = (f"csdrafting tune {stamp}: raced best, measured {best.median_speedup(plain_entry):.2f}x plain decoding "
+                 f"(median over {len(race_prompts)} {args.dataset} calibration prompts, {max_new} tokens, "
+                 f"{args.backend}, {args.threads} threads); measurements in {report_path(args.out).name}")
+    print(f"raced best: {spec.describe()}", file=out)
+    return spec, table
 
 
 # ------------------------------------------------------------------------------------------------ validate
