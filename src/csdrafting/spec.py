@@ -214,6 +214,10 @@ def load_model(
         raise CSDraftingError("device and dtype apply to the transformers backend (backend 'hf'); llama.cpp offloads with n_gpu_layers")
     if backend == "hf" and n_gpu_layers:
         raise CSDraftingError("n_gpu_layers applies to the llama.cpp backend; the transformers backend takes device=")
+    if backend == "hf":
+        from .backends.devices import torch_device
+
+        torch_device(device)  # a device this machine lacks fails before gigabytes are prepared
     path = resolve(ref, backend, progress)
     name, tier = split_ref(ref)
     label = Path(name).name if tier is None else name
