@@ -16,7 +16,8 @@ VOCAB = 96
 EOS = 2
 
 
-def causal(seed: int = 0, layers: int = 2, hidden: int = 64, vocab: int = VOCAB, eos: int = EOS, ctx: int = 512):
+def causal(seed: int = 0, layers: int = 2, hidden: int = 64, vocab: int = VOCAB, eos: int = EOS, ctx: int = 512,
+           dtype: torch.dtype = torch.float64):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
@@ -25,7 +26,7 @@ def causal(seed: int = 0, layers: int = 2, hidden: int = 64, vocab: int = VOCAB,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=ctx, eos_token_id=eos,
         bos_token_id=1, pad_token_id=0, initializer_range=0.5, tie_word_embeddings=False,
     )
-    m = Qwen2ForCausalLM(cfg).to(torch.float64).eval()
+    m = Qwen2ForCausalLM(cfg).to(dtype).eval()
     m.generation_config.eos_token_id = eos
     m.generation_config.pad_token_id = 0
     return m

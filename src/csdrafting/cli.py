@@ -29,6 +29,11 @@ def _add_cascade_args(p: argparse.ArgumentParser) -> None:
                    help="the suffix drafter keeps the outputs of earlier generations of this process")
     g.add_argument("--backend", choices=["llamacpp", "hf"], help="model backend (default llamacpp)")
     g.add_argument("--threads", type=int, help="CPU threads per model (default 2)")
+    g.add_argument("--device", help="--backend hf: cpu (default), cuda, cuda:N, mps, or auto (accelerate's device map)")
+    g.add_argument("--dtype", help="--backend hf: float32 (default), bfloat16 or float16")
+    g.add_argument("--model-device", action="append", metavar="REF=DEVICE",
+                   help="--backend hf: put one model of the cascade on its own device (repeatable)")
+    g.add_argument("--n-gpu-layers", type=int, help="llama.cpp backend: layers offloaded to the GPU (default 0; -1 = all)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -65,10 +70,16 @@ def spec_from_args(args: argparse.Namespace):
         spec.k_spelling = args.k_spelling or "cumulative"
     elif args.k_spelling:
         spec.k_spelling = args.k_spelling
-    for attr in ("lenience", "maxgram_length", "backend", "threads", "dynamic", "suffix_persist"):
+    for attr in ("lenience", "maxgram_length", "backend", "threads", "dynamic", "suffix_persist", "device", "dtype",
+                 "n_gpu_layers"):
         v = getattr(args, attr, None)
         if v is not None:
             setattr(spec, attr, v)
+    for item in getattr(args, "model_device", None) or []:
+        ref, sep, dev = item.rpartition("=")
+        if not sep or not ref or not dev:
+            raise CSDraftingError(f"--model-device wants REF=DEVICE, e.g. qwen2.5-coder-0.5b:Q4_K_M=cuda:1 (got {item!r})")
+        spec.devices = {**spec.devices, ref: dev}
     spec.validate()
     return spec
 

@@ -65,6 +65,21 @@ class LanguageModel(Protocol):
     def rollback(self, n: int) -> None: ...
 
 
+@runtime_checkable
+class ArgmaxExtension(Protocol):
+    """Optional extension of `LanguageModel` for models whose logits live on an accelerator.
+
+    `extend_argmax(tokens, logits_from)` does exactly what `extend` does to the cache but returns only
+    each row's argmax (int ids, shape `[len(tokens) - logits_from]`, ties to the lowest id as np.argmax).
+    The engine calls it wherever it needs nothing else: every review and proposal of greedy decoding
+    with lenience 1. Lenient greedy review (which needs p(x) of drafted tokens) and sampling (whole
+    distributions) still read float32 rows through `extend`. A model without it loses nothing but the
+    host copy of vocabulary-wide rows.
+    """
+
+    def extend_argmax(self, tokens: Sequence[int], logits_from: int = 0) -> np.ndarray: ...
+
+
 class Tokenizer(Protocol):
     """Text <-> token ids, as the CLI and the benchmarks need it (the engine never tokenizes)."""
 

@@ -10,6 +10,10 @@ default); `build()` turns it into live models. A model reference is one of:
 With `dynamic: true` the cascade drafts cost-aware (cascade/planning.py) from the cost curves in `costs`
 (model ref -> measured curve, as `csdrafting tune` writes them); a neural model without a curve there is
 measured when the cascade is built (a few seconds).
+
+Placement: with backend "hf" every model runs on `device` in `dtype`, unless `devices` names another
+device for it (e.g. the target on "cuda:0" and a drafter on "cuda:1" or "cpu"); with backend "llamacpp"
+each model offloads `n_gpu_layers` layers to the GPU (0: CPU only) and runs in its GGUF tier's precision.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ class CascadeSpec:
     suffix_min_count: int = 1
     suffix_persist: bool = False
     note: str = ""  # free text: where the spec came from (e.g. the tuner's prediction)
+    device: str = "cpu"  # hf backend: cpu, cuda, cuda:N, mps, auto (accelerate's device map)
+    dtype: str = "float32"  # hf backend: float32, bfloat16, float16
+    devices: dict[str, str] = field(default_factory=dict)  # hf backend: model reference -> its own device
+    n_gpu_layers: int = 0  # llamacpp backend: layers offloaded to the GPU, -1 = all
 
     def cascade_config(self, costs: list | None = None) -> CascadeConfig:
         return CascadeConfig.make(self.k, self.k_spelling, self.lenience, self.maxgram_length, self.dynamic, costs)
@@ -75,9 +83,42 @@ class CascadeSpec:
         for ref in [self.target, *self.drafters]:
             if ref not in STATISTICAL:
                 check_ref(ref)
+        self.validate_placement()
+
+    def validate_placement(self) -> None:
+        from .backends.devices import normalize_device, normalize_dtype
+
+        self.device, self.dtype = normalize_device(self.device), normalize_dtype(self.dtype)
+        if not isinstance(self.devices, dict):
+            raise CSDraftingError(f"devices must map model references to devices, e.g. {{\"{self.target}\": \"cuda:0\"}}")
+        models = [self.target, *(d for d in self.drafters if d != MAXGRAM)]
+        for ref in self.devices:
+            if ref not in models:
+                raise CSDraftingError(f"devices names {ref!r}, which is not a model of this cascade ({', '.join(models)})")
+        self.devices = {ref: normalize_device(dev) for ref, dev in self.devices.items()}
+        n = self.n_gpu_layers
+        if isinstance(n, bool) or not isinstance(n, int) or n < -1:
+            raise CSDraftingError(f"n_gpu_layers must be an integer >= -1 (-1: all layers; got {n!r})")
+        if self.backend == "llamacpp":
+            placed = [f"{k} {v}" for k, v in (("device", self.device), ("dtype", self.dtype)) if v != PLACEMENT_DEFAULTS[k]]
+            if placed or self.devices:
+                raise CSDraftingError(
+                    f"{', '.join(placed) or 'devices'} applies to the transformers backend: add --backend hf (spec "
+                    "\"backend\": \"hf\"); llama.cpp runs a GGUF tier's own precision and offloads with --n-gpu-layers"
+                )
+        elif n != 0:
+            raise CSDraftingError("n_gpu_layers applies to the llama.cpp backend; with --backend hf use --device (e.g. cuda)")
+
+    def placement(self, ref: str) -> dict[str, Any]:
+        """Keyword arguments of `load_model` that place model `ref` (device and dtype, or GPU layers)."""
+        if self.backend == "hf":
+            return {"device": self.devices.get(ref, self.device), "dtype": self.dtype}
+        return {"n_gpu_layers": self.n_gpu_layers}
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # placement at its defaults is left out, so that specs (and benchmark settings) written before
+        # these fields existed still compare equal
+        return {k: v for k, v in asdict(self).items() if not (k in PLACEMENT_DEFAULTS and v == PLACEMENT_DEFAULTS[k])}
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -117,8 +158,17 @@ class CascadeSpec:
         return (
             f"target {self.target}; drafters {', '.join(self.drafters) or '(none: plain decoding)'}; "
             f"K (cumulative) {[list(r) for r in k] if k else '-'}{' as a cap, cost-aware' if self.dynamic else ''}; "
-            f"lenience {self.lenience}; backend {self.backend}, {self.threads} threads"
+            f"lenience {self.lenience}; backend {self.backend}, {self.threads} threads{self._describe_placement()}"
         )
+
+    def _describe_placement(self) -> str:
+        if self.backend == "llamacpp":
+            return f", {self.n_gpu_layers if self.n_gpu_layers >= 0 else 'all'} GPU layers" if self.n_gpu_layers else ""
+        own = "".join(f", {ref} on {dev}" for ref, dev in self.devices.items())
+        return f", {self.dtype} on {self.device}{own}"
+
+
+PLACEMENT_DEFAULTS: dict[str, Any] = {"device": "cpu", "dtype": "float32", "devices": {}, "n_gpu_layers": 0}
 
 
 # The embedded default: the shipped Qwen2.5-Coder-1.5B Q4_K_M file (what a CPU user runs) with the
@@ -179,8 +229,29 @@ def resolve(ref: str, backend: str, progress: bool = True) -> Path:
     return Path(name)
 
 
-def load_model(ref: str, backend: str = "llamacpp", threads: int = 2, n_ctx: int = 4096, progress: bool = True):
-    """A LanguageModel for `ref` (see module docstring)."""
+def load_model(
+    ref: str,
+    backend: str = "llamacpp",
+    threads: int = 2,
+    n_ctx: int = 4096,
+    progress: bool = True,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    n_gpu_layers: int = 0,
+):
+    """A LanguageModel for `ref` (see module docstring); device and dtype for "hf", n_gpu_layers for llama.cpp."""
+    from .backends.devices import normalize_device, normalize_dtype
+
+    device, dtype = normalize_device(device), normalize_dtype(dtype)  # bad names fail before any loading
+    if backend == "llamacpp" and (device, dtype) != ("cpu", "float32"):
+        raise CSDraftingError("device and dtype apply to the transformers backend (backend 'hf'); llama.cpp offloads with n_gpu_layers")
+    if backend == "hf" and n_gpu_layers:
+        raise CSDraftingError("n_gpu_layers applies to the llama.cpp backend; the transformers backend takes device=")
+    if backend == "hf":
+        from .backends.devices import torch_device
+
+        torch_device(device)  # a device this machine lacks fails before gigabytes are prepared
     path = resolve(ref, backend, progress)
     name, tier = split_ref(ref)
     label = Path(name).name if tier is None else name
@@ -189,15 +260,15 @@ def load_model(ref: str, backend: str = "llamacpp", threads: int = 2, n_ctx: int
             raise CSDraftingError(f"{path} is a directory; the llama.cpp backend needs a .gguf file (or use --backend hf)")
         from .backends.llamacpp import LlamaCppModel
 
-        return LlamaCppModel(path, n_threads=threads, n_ctx=n_ctx, name=label)
+        return LlamaCppModel(path, n_threads=threads, n_ctx=n_ctx, name=label, n_gpu_layers=n_gpu_layers)
     import torch
 
     torch.set_num_threads(threads)
     from .backends.hf import load_hf
 
-    model = load_hf(path, name=label)
+    model = load_hf(path, dtype=dtype, name=label, device=device)
     if tier is not None:  # dequantized from a GGUF tier: name the tier its values come from
-        model.info = type(model.info)(**{**model.info.__dict__, "precision": f"float32 from {tier}"})
+        model.info = type(model.info)(**{**model.info.__dict__, "precision": f"{dtype} from {tier}"})
     return model
 
 
@@ -249,11 +320,11 @@ def cost_curves(spec: CascadeSpec, models: list, progress: bool = True) -> list 
 def build(spec: CascadeSpec, progress: bool = True):
     """(target, drafters, CascadeConfig) ready for `Cascade`."""
     spec.validate()
-    target = load_model(spec.target, spec.backend, spec.threads, spec.n_ctx, progress)
+    target = load_model(spec.target, spec.backend, spec.threads, spec.n_ctx, progress, **spec.placement(spec.target))
     drafters = []
     for ref in spec.drafters:
         if ref in STATISTICAL:
             drafters.append(statistical_drafter(spec, ref, target.info.vocab_size))
         else:
-            drafters.append(load_model(ref, spec.backend, spec.threads, spec.n_ctx, progress))
+            drafters.append(load_model(ref, spec.backend, spec.threads, spec.n_ctx, progress, **spec.placement(ref)))
     return target, drafters, spec.cascade_config(cost_curves(spec, [target, *drafters], progress))

@@ -1,7 +1,11 @@
 """transformers / PyTorch backend: any causal LM, and encoder-decoder models (the T5 family).
 
 The KV cache is a transformers DynamicCache (EncoderDecoderCache for T5); rollback crops it, so the
-kept prefix is never recomputed.
+kept prefix is never recomputed. A model runs on any device torch offers ("cpu", "cuda", "cuda:1",
+"mps", or "auto": accelerate's device map over several) in float32, bfloat16 or float16. Token ids go
+to the device of the input embeddings; what comes back is what the engine reads: float32 rows from
+`extend`, or only their argmax from `extend_argmax` (greedy review), so greedy decoding on a GPU copies
+a few integers per pass to the host, not vocabulary-wide rows.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 
 from ..protocol import CSDraftingError, ModelInfo
+from .devices import torch_device, torch_dtype
 
 
 def _eos_ids(model) -> frozenset[int]:
@@ -35,6 +40,26 @@ def vocab_fingerprint(tokenizer) -> str | None:
     return h.hexdigest()[:16]
 
 
+def _to_host(logits: torch.Tensor) -> np.ndarray:
+    # numpy has no bfloat16, and a CUDA tensor must be copied to the host first
+    return logits.float().cpu().numpy()
+
+
+def _load(auto_cls, path: str | Path, dtype, device: str, kw: dict):
+    """from_pretrained on `device` in `dtype`, with errors that say what to change."""
+    path = Path(path)
+    if not path.exists():
+        raise CSDraftingError(f"model path {path} does not exist")
+    dtype = dtype if isinstance(dtype, torch.dtype) else torch_dtype(dtype)
+    device = torch_device(device)
+    if device == "auto":  # accelerate splits a model too large for one device over all of them
+        kw = {"device_map": "auto", **kw}
+    model = auto_cls.from_pretrained(path, dtype=dtype, **kw)
+    if device != "auto":
+        model = model.to(device)
+    return model
+
+
 class _HFBase:
     def __init__(self, model, name: str | None = None, tokenizer=None, precision: str | None = None) -> None:
         self.model = model.eval()
@@ -43,6 +68,8 @@ class _HFBase:
         self._cache = None
         cfg = model.config
         dtype = next(model.parameters()).dtype
+        # With a device map the layers sit on several devices; the ids go where the embeddings are.
+        self.device = model.get_input_embeddings().weight.device
         self.info = ModelInfo(
             name=name or getattr(cfg, "name_or_path", None) or type(model).__name__,
             vocab_size=int(model.get_output_embeddings().out_features),
@@ -52,7 +79,23 @@ class _HFBase:
             context_length=int(getattr(cfg, "max_position_embeddings", None) or (1 << 30)),
             vocab_fingerprint=vocab_fingerprint(tokenizer),
             precision=precision or str(dtype).replace("torch.", ""),
+            extra={"backend": "transformers", "device": str(self.device), "dtype": str(dtype).replace("torch.", "")},
         )
+
+    def _ids(self, tokens: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+
+    @torch.inference_mode()
+    def extend(self, tokens: Sequence[int], logits_from: int = 0) -> np.ndarray:
+        return _to_host(self._forward(tokens, logits_from))
+
+    @torch.inference_mode()
+    def extend_argmax(self, tokens: Sequence[int], logits_from: int = 0) -> np.ndarray:
+        """As `extend`, but only each row's argmax (int64) leaves the device."""
+        return self._forward(tokens, logits_from).argmax(dim=-1).cpu().numpy()
+
+    def _forward(self, tokens: Sequence[int], logits_from: int) -> torch.Tensor:
+        raise NotImplementedError
 
     @property
     def cached_tokens(self) -> Sequence[int]:
@@ -73,8 +116,7 @@ class HFCausalLM(_HFBase):
     def begin(self, prompt: Sequence[int]) -> list[int]:
         return list(prompt)
 
-    @torch.inference_mode()
-    def extend(self, tokens: Sequence[int], logits_from: int = 0) -> np.ndarray:
+    def _forward(self, tokens: Sequence[int], logits_from: int) -> torch.Tensor:
         if not tokens:
             raise CSDraftingError("extend() needs at least one new token")
         if len(self._tokens) + len(tokens) > self.info.context_length:
@@ -85,19 +127,19 @@ class HFCausalLM(_HFBase):
             from transformers import DynamicCache
 
             self._cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([list(tokens)], dtype=torch.long)
-        out = self.model(input_ids=ids, cache=self._cache, use_cache=True, logits_to_keep=len(tokens) - logits_from)
+        out = self.model(input_ids=self._ids(tokens), cache=self._cache, use_cache=True, logits_to_keep=len(tokens) - logits_from)
         self._tokens.extend(int(t) for t in tokens)
-        return out.logits[0].float().numpy()
+        return out.logits[0]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None, **kw) -> "HFCausalLM":
+    def from_pretrained(
+        cls, path: str | Path, dtype: str | torch.dtype = "float32", name: str | None = None, device: str = "cpu", **kw
+    ) -> "HFCausalLM":
+        """Load a checkpoint directory on `device` (see module docstring) in `dtype`."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = Path(path)
-        if not path.exists():
-            raise CSDraftingError(f"model path {path} does not exist")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+        model = _load(AutoModelForCausalLM, path, dtype, device, kw)
         try:
             tok = AutoTokenizer.from_pretrained(path)
         except Exception:  # a bare checkpoint without tokenizer files still runs on token ids
@@ -123,33 +165,31 @@ class HFSeq2SeqLM(_HFBase):
     def begin(self, prompt: Sequence[int]) -> list[int]:
         prompt = list(prompt)
         if prompt != self._prompt:
-            ids = torch.tensor([prompt], dtype=torch.long)
-            self._encoder_out = self.model.get_encoder()(input_ids=ids)
+            self._encoder_out = self.model.get_encoder()(input_ids=self._ids(prompt))
             self._prompt = prompt
             self._tokens, self._cache = [], None
         return [self.decoder_start]
 
-    @torch.inference_mode()
-    def extend(self, tokens: Sequence[int], logits_from: int = 0) -> np.ndarray:
+    def _forward(self, tokens: Sequence[int], logits_from: int) -> torch.Tensor:
         if self._encoder_out is None:
             raise CSDraftingError("call begin(prompt) before extend()")
         if self._cache is None or not self._tokens:
             from transformers import DynamicCache, EncoderDecoderCache
 
             self._cache = EncoderDecoderCache(DynamicCache(config=self.model.config), DynamicCache(config=self.model.config))
-        ids = torch.tensor([list(tokens)], dtype=torch.long)
-        out = self.model(encoder_outputs=self._encoder_out, decoder_input_ids=ids, cache=self._cache, use_cache=True)
+        out = self.model(encoder_outputs=self._encoder_out, decoder_input_ids=self._ids(tokens), cache=self._cache, use_cache=True)
         self._tokens.extend(int(t) for t in tokens)
-        return out.logits[0, logits_from:].float().numpy()
+        return out.logits[0, logits_from:]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None, **kw) -> "HFSeq2SeqLM":
+    def from_pretrained(
+        cls, path: str | Path, dtype: str | torch.dtype = "float32", name: str | None = None, device: str = "cpu", **kw
+    ) -> "HFSeq2SeqLM":
+        """Load a checkpoint directory on `device` (see module docstring) in `dtype`."""
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         path = Path(path)
-        if not path.exists():
-            raise CSDraftingError(f"model path {path} does not exist")
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, **kw)
+        model = _load(AutoModelForSeq2SeqLM, path, dtype, device, kw)
         try:
             tok = AutoTokenizer.from_pretrained(path)
         except Exception:
@@ -157,8 +197,8 @@ class HFSeq2SeqLM(_HFBase):
         return cls(model, name=name or path.name, tokenizer=tok)
 
 
-def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, name: str | None = None):
-    """Load a transformers checkpoint directory as the right backend class."""
+def load_hf(path: str | Path, dtype: str | torch.dtype = "float32", name: str | None = None, device: str = "cpu"):
+    """Load a transformers checkpoint directory as the right backend class, on `device` in `dtype`."""
     from transformers import AutoConfig
 
     path = Path(path)
@@ -166,4 +206,4 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, name: str | No
         raise CSDraftingError(f"model path {path} does not exist")
     cfg = AutoConfig.from_pretrained(path)
     cls = HFSeq2SeqLM if getattr(cfg, "is_encoder_decoder", False) else HFCausalLM
-    return cls.from_pretrained(path, dtype=dtype, name=name)
+    return cls.from_pretrained(path, dtype=dtype, name=name, device=device)

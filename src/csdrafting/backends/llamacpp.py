@@ -151,8 +151,20 @@ class StreamDecoder:
         return self._dec.decode(b"", final=True)
 
 
+def check_n_gpu_layers(n_gpu_layers: int) -> None:
+    """Refuse an offload this build of llama.cpp cannot do, instead of silently running on the CPU."""
+    if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
+        raise CSDraftingError(f"n_gpu_layers must be an integer >= -1 (-1: all layers; got {n_gpu_layers!r})")
+    if n_gpu_layers != 0 and not _L.llama_supports_gpu_offload():
+        raise CSDraftingError(
+            f"n_gpu_layers={n_gpu_layers} asks for GPU offload, but this llama-cpp-python was built without a GPU "
+            "backend: use n_gpu_layers 0, or rebuild it with one (e.g. CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install "
+            "--force-reinstall --no-cache-dir llama-cpp-python==0.3.36)"
+        )
+
+
 class LlamaCppModel:
-    """A GGUF model run by llama.cpp on the CPU, implementing the `LanguageModel` protocol."""
+    """A GGUF model run by llama.cpp (on the CPU, or partly on a GPU), implementing the `LanguageModel` protocol."""
 
     def __init__(
         self,
@@ -164,8 +176,12 @@ class LlamaCppModel:
         n_threads_batch: int | None = None,
         flash_attn: bool = False,
         eos_token_ids: Iterable[int] | None = None,
+        n_gpu_layers: int = 0,
     ) -> None:
         """Load `path` with a context of n_ctx tokens, decoding at most n_batch tokens per pass.
+
+        n_gpu_layers: layers offloaded to the GPU (llama.cpp's -ngl; -1 = all of them); 0 runs on the CPU.
+        Offloading needs a llama-cpp-python built with a GPU backend (e.g. CMAKE_ARGS="-DGGML_CUDA=on").
 
         eos_token_ids defaults to every token llama.cpp marks as end-of-generation (for Qwen2.5 that
         includes <|endoftext|>, <|im_end|>, the FIM/repo specials and the plain-text token '</s>').
@@ -176,9 +192,10 @@ class LlamaCppModel:
             raise CSDraftingError(f"GGUF model file {path} does not exist; give the path of a .gguf file")
         if n_ctx <= 0 or n_batch <= 0 or n_threads <= 0:
             raise CSDraftingError(f"n_ctx, n_batch and n_threads must be positive (got {n_ctx}, {n_batch}, {n_threads})")
+        check_n_gpu_layers(n_gpu_layers)
         _init_backend()
         mp = _L.llama_model_default_params()
-        mp.n_gpu_layers = 0
+        mp.n_gpu_layers = n_gpu_layers  # negative: all layers (llama.cpp's convention)
         self._model = _L.llama_model_load_from_file(str(path).encode("utf-8"), mp)
         if not self._model:
             self._model = None
@@ -229,7 +246,8 @@ class LlamaCppModel:
             context_length=n_ctx,
             vocab_fingerprint=fingerprint,
             precision=_ftype_names().get(ftype, f"ftype{ftype}"),
-            extra={"path": str(path), "n_threads": n_threads, "n_batch": n_batch, "backend": "llama.cpp"},
+            extra={"path": str(path), "n_threads": n_threads, "n_batch": n_batch, "backend": "llama.cpp",
+                   "n_gpu_layers": n_gpu_layers},
         )
 
     def _text(self, token: int) -> str:

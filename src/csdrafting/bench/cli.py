@@ -137,7 +137,26 @@ def machine() -> str:
         mem = f", {kb / 2**20:.0f} GiB RAM"
     except (OSError, StopIteration, ValueError):
         pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores{mem}{_gpus()}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def _gpus() -> str:
+    """The accelerators torch sees (named in the summary: GPU figures must say which GPU)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return ", " + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    except Exception:  # no torch, or a broken driver: the CPU line still stands
+        pass
+    return ""
+
+
+def _placement(spec: dict) -> str:
+    if spec.get("backend") == "hf":
+        own = "".join(f", {r} on {d}" for r, d in (spec.get("devices") or {}).items())
+        return f"transformers {spec.get('dtype', 'float32')} on {spec.get('device', 'cpu')}{own}; "
+    return f"llama.cpp, {spec.get('n_gpu_layers', 0)} GPU layers; " if spec.get("n_gpu_layers") else ""
 
 
 def _versions() -> str:
@@ -307,7 +326,7 @@ def run(args: argparse.Namespace, spec, argv) -> int:
                 return pool.get(ENGINE).target
             from ..spec import load_model
 
-            return load_model(spec.target, spec.backend, spec.threads, spec.n_ctx)
+            return load_model(spec.target, spec.backend, spec.threads, spec.n_ctx, **spec.placement(spec.target))
 
         prompts, eos = prepare_prompts(out, datasets, limit, cal, tokenizer_model)
         eos_box.extend(eos)
@@ -352,7 +371,7 @@ def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool
         "suite": suite,
         "command": f"`{command}`",
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{machine()}; {spec.get('threads', '?')} threads per model; {_versions()}",
+        "machine": f"{machine()}; {spec.get('threads', '?')} threads per model; {_placement(spec)}{_versions()}",
         "target": spec.get("target"),
         "models": "; ".join(f"{n} ({k})" for n, k in names.items()),
         "generation": f"greedy, max_new_tokens {settings.get('max_new_tokens', '?')}",

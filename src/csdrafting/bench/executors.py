@@ -83,12 +83,12 @@ class EngineExecutor:
     @classmethod
     def from_spec(cls, spec: CascadeSpec, methods: Sequence[Method], progress: bool = True) -> "EngineExecutor":
         """Load the spec's target and every neural drafter the methods name, on the spec's backend."""
-        target = load_model(spec.target, spec.backend, spec.threads, spec.n_ctx, progress)
+        target = load_model(spec.target, spec.backend, spec.threads, spec.n_ctx, progress, **spec.placement(spec.target))
         models = {}
         for m in methods:
             for ref in m.drafters:
                 if ref not in (MAXGRAM, "oracle") and ref not in models:
-                    models[ref] = load_model(ref, spec.backend, spec.threads, spec.n_ctx, progress)
+                    models[ref] = load_model(ref, spec.backend, spec.threads, spec.n_ctx, progress, **spec.placement(ref))
         bigram = None
         if any(MAXGRAM in m.drafters for m in methods):
             bigram = _bigram(spec, target.info.vocab_size)

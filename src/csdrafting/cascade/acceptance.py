@@ -93,6 +93,16 @@ def review_sampling(
     return Verdict(len(draft), out, out_q)
 
 
+def review_argmax(top: Sequence[int], draft: Sequence[int]) -> Verdict:
+    """The strict greedy rule on the reviewer's argmax ids (len(draft) + 1): accept the longest prefix of
+    the draft that matches them, then emit the reviewer's own token there (correction, or bonus after a
+    fully accepted draft). Equals `review_greedy` with lenience 1 and no q, without vocabulary-wide rows."""
+    n = 0
+    while n < len(draft) and draft[n] == top[n]:
+        n += 1
+    return Verdict(n, [int(t) for t in draft[:n]] + [int(top[n])], [])
+
+
 def review_greedy(
     logits: np.ndarray,
     draft: Sequence[int],

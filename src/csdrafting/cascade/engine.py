@@ -28,7 +28,7 @@ import numpy as np
 
 from ..drafters.base import StatisticalDrafter
 from ..drafters.maxgram import common_prefix
-from ..protocol import CSDraftingError, LanguageModel, check_compatible
+from ..protocol import ArgmaxExtension, CSDraftingError, LanguageModel, check_compatible
 from . import acceptance
 from .acceptance import Q
 from .config import CascadeConfig, SamplingConfig
@@ -103,14 +103,19 @@ class _ModelLevel:
         keep = common_prefix(self.model.cached_tokens, self.prefix)
         self.rows = {p: r for p, r in self.rows.items() if p < keep}
 
-    def logits_after(self, generated: Sequence[int], start: int) -> np.ndarray:
-        """Rows predicting generated[start], ..., generated[-1] and the token after: len - start + 1 rows."""
+    def logits_after(self, generated: Sequence[int], start: int, top_only: bool = False) -> np.ndarray:
+        """Rows predicting generated[start], ..., generated[-1] and the token after: len - start + 1 rows.
+
+        top_only: only each row's argmax id is wanted (strict greedy review); a model with `extend_argmax`
+        then keeps its rows on its device, and only the id is stored here.
+        """
         seq = self.prefix + list(generated)
         first = len(self.prefix) + start - 1  # input position whose output predicts generated[start]
         keep = common_prefix(self.model.cached_tokens, seq)
         keep = min(keep, len(seq))
         for pos in range(first, keep):
-            if pos not in self.rows:
+            row = self.rows.get(pos)
+            if row is None or not (top_only or isinstance(row, np.ndarray)):
                 keep = pos
                 break
         if keep < len(self.model.cached_tokens):
@@ -120,14 +125,21 @@ class _ModelLevel:
         if keep < len(seq):
             new = seq[keep:]
             logits_from = max(0, first - keep)
+            ids_only = top_only and isinstance(self.model, ArgmaxExtension)
             t0 = time.perf_counter()
-            out = self.model.extend(new, logits_from=logits_from)
+            if ids_only:
+                out = self.model.extend_argmax(new, logits_from=logits_from)
+            else:
+                out = self.model.extend(new, logits_from=logits_from)
             self.metrics.seconds += time.perf_counter() - t0
             self.metrics.forward_passes += 1
             self.metrics.tokens_evaluated += len(new)
             for i, row in enumerate(out):
-                self.rows[keep + logits_from + i] = row
-        return np.stack([self.rows[p] for p in range(first, len(seq))])
+                self.rows[keep + logits_from + i] = int(row) if ids_only else row
+        rows = [self.rows[p] for p in range(first, len(seq))]
+        if top_only:
+            return np.array([r if isinstance(r, int) else int(np.argmax(r)) for r in rows], dtype=np.int64)
+        return np.stack(rows)
 
     def forget_before(self, pos: int) -> None:
         """Drop rows the engine can no longer ask for (positions before the committed text)."""
@@ -345,10 +357,14 @@ class Cascade:
 
     def _review(self, r: int, base: list[int], draft: Draft) -> Draft:
         lv = self.levels[r]
-        rows = lv.logits_after(base + draft.tokens, len(base))
         lenience = 1.0 if r == 0 else self.config.lenience
         want_q = self.want_q and r > 0
-        if self.sampling.greedy:
+        # argmax ids suffice, unless a dynamic drafting reviewer hands its confidence upward
+        strict_greedy = self.sampling.greedy and lenience == 1.0 and not want_q and not (self.dynamic and r > 0)
+        rows = lv.logits_after(base + draft.tokens, len(base), top_only=strict_greedy)
+        if strict_greedy:
+            v = acceptance.review_argmax(rows, draft.tokens)
+        elif self.sampling.greedy:
             v = acceptance.review_greedy(rows, draft.tokens, draft.qs, lenience, want_q)
         else:
             v = acceptance.review_sampling(_Warped(rows, self.sampling), draft.tokens, draft.qs, lenience, self.rng, want_q)
@@ -378,11 +394,15 @@ class Cascade:
         out = Draft()
         want_q = self.want_q and j > 0
         value = replace(plan.value) if plan is not None else None
+        # argmax ids suffice unless a probability is needed (lenience's q, or a dynamic drafter's confidence)
+        strict_greedy = self.sampling.greedy and not want_q and not (self.dynamic and j > 0)
         for _ in range(n):
             if plan is not None and not plan.worth_more(value, have + len(out), self.costs[j](1)):
                 break
-            row = lv.logits_after(base + out.tokens, len(base) + len(out))[-1]
-            if self.sampling.greedy:
+            row = lv.logits_after(base + out.tokens, len(base) + len(out), top_only=strict_greedy)[-1]
+            if strict_greedy:
+                x, q, c = int(row), None, None
+            elif self.sampling.greedy:
                 x = int(np.argmax(row))
                 q: Q = float(softmax(row)[x]) if want_q else None
                 c = q if isinstance(q, float) else (_prob(row, x) if self.dynamic else None)

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per generation (default 64)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per model (default 2)")
     p.add_argument("--backend", choices=["llamacpp", "hf"], default="llamacpp")
+    p.add_argument("--device", default="cpu", help="--backend hf: cpu (default), cuda, cuda:N, mps or auto; written to the config")
+    p.add_argument("--dtype", default="float32", help="--backend hf: float32 (default), bfloat16 or float16; written to the config")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="llama.cpp backend: layers offloaded to the GPU (-1 = all)")
     p.add_argument("--dataset", default="humaneval", choices=["humaneval", "mtbench", "mmlu"])
     p.add_argument("--reps", type=int, default=3, help="timings per cost-curve point (median kept)")
     p.add_argument("--max-quota", type=int, default=48, help="largest cumulative draft length the search considers")
@@ -89,7 +92,8 @@ def _load_prompts(target, dataset: str, n: int, split: str, n_ctx: int, max_new:
     return out
 
 
-def _load_models(target_ref: str, refs: list[str], backend: str, threads: int, n_ctx: int):
+def _load_models(target_ref: str, refs: list[str], backend: str, threads: int, n_ctx: int, place=lambda ref: {}):
+    """Target, neural drafters by reference, and Max-Gram; place(ref) gives load_model's placement keywords."""
     from ..drafters.corpus import load_default_qwen_bigram
     from ..drafters.maxgram import MaxGram
     from ..spec import check_ref, load_model
@@ -104,8 +108,8 @@ def _load_models(target_ref: str, refs: list[str], backend: str, threads: int, n
     if target_ref in refs:
         raise CSDraftingError(f"{target_ref} is both the target and a drafter")
     print(f"loading {target_ref} and {len([r for r in refs if r != MAXGRAM])} drafter(s) ({backend}, {threads} threads)", file=sys.stderr)
-    target = load_model(target_ref, backend, threads, n_ctx)
-    neural = {r: load_model(r, backend, threads, n_ctx) for r in refs if r != MAXGRAM}
+    target = load_model(target_ref, backend, threads, n_ctx, **place(target_ref))
+    neural = {r: load_model(r, backend, threads, n_ctx, **place(r)) for r in refs if r != MAXGRAM}
     table = load_default_qwen_bigram()
     maxgram = MaxGram(table if table.vocab_size == target.info.vocab_size else None)
     return target, neural, maxgram
@@ -161,6 +165,16 @@ def _ranked_json(r) -> dict:
     return d
 
 
+def _placement_spec(args: argparse.Namespace):
+    """--device/--dtype/--n-gpu-layers checked as a spec checks them, before anything loads."""
+    from ..spec import CascadeSpec
+
+    spec = CascadeSpec(target=args.target, backend=args.backend, device=args.device, dtype=args.dtype,
+                       n_gpu_layers=args.n_gpu_layers)
+    spec.validate_placement()
+    return spec
+
+
 def run_tune(args: argparse.Namespace, out=None) -> int:
     from .tuner import to_spec, tune
 
@@ -174,8 +188,9 @@ def run_tune(args: argparse.Namespace, out=None) -> int:
     _positive("--reps", args.reps)
     if not refs:
         raise CSDraftingError("give at least one candidate drafter (or 'maxgram')")
+    placed = _placement_spec(args)
     t0 = time.perf_counter()
-    target, neural, maxgram = _load_models(args.target, refs, args.backend, args.threads, args.n_ctx)
+    target, neural, maxgram = _load_models(args.target, refs, args.backend, args.threads, args.n_ctx, placed.placement)
     t_load = time.perf_counter() - t0
     prompts = _load_prompts(target, args.dataset, n_prompts, "calibration", args.n_ctx, max_new)
     res = tune(target, args.target, neural, [p for _, p in prompts], max_new, refs, maxgram,
@@ -216,7 +231,8 @@ def run_tune(args: argparse.Namespace, out=None) -> int:
             f"{tpp:.2f} tokens/target pass; plain decoding {plain.score:.2f}) for "
             f"{args.dataset} prompts, {max_new} new tokens, {args.backend}, {args.threads} threads; "
             f"measurements in {report_path(args.out).name}")
-    spec = to_spec(cfg, args.target, args.backend, args.threads, args.n_ctx, note)
+    spec = to_spec(cfg, args.target, args.backend, args.threads, args.n_ctx, note,
+                   device=placed.device, dtype=placed.dtype, n_gpu_layers=placed.n_gpu_layers)
     race_table = []
     if not args.no_race:
         spec, race_table = _race_dynamic(args, spec, target, neural, maxgram, meas, cal, prompts, max_new, stamp, out)
@@ -226,7 +242,8 @@ def run_tune(args: argparse.Namespace, out=None) -> int:
         "spec": spec.to_json(),
         "settings": {"target": args.target, "candidates": refs, "dataset": args.dataset, "split": "calibration",
                      "prompt_ids": [i for i, _ in prompts], "max_new_tokens": max_new, "threads": args.threads,
-                     "backend": args.backend, "reps": args.reps, "max_quota": args.max_quota},
+                     "backend": args.backend, "reps": args.reps, "max_quota": args.max_quota,
+                     "device": placed.device, "dtype": placed.dtype, "n_gpu_layers": placed.n_gpu_layers},
         "timing_seconds": {"total": elapsed, "loading": t_load, "calibration": cal.seconds},
         "workload": [list(w) for w in cal.workload],
         "measurements": meas.to_json(),
@@ -399,7 +416,7 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
         if c.key not in {x.key for x in configs}:
             configs.append(c)
     refs = sorted({d for c in configs for d in c.drafters})
-    target, neural, maxgram = _load_models(spec.target, refs, spec.backend, spec.threads, spec.n_ctx)
+    target, neural, maxgram = _load_models(spec.target, refs, spec.backend, spec.threads, spec.n_ctx, spec.placement)
     prompts = _load_prompts(target, report["settings"]["dataset"], n_prompts, "eval", spec.n_ctx, max_new)
     engines = [_engine(target, neural, maxgram, c) for c in configs]
     for m in (target, *neural.values()):  # page the weights in before anything is timed

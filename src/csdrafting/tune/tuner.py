@@ -180,8 +180,9 @@ def tune(
     return TuneResult(cal, res, space)
 
 
-def to_spec(config: Config, target: str, backend: str = "llamacpp", threads: int = 2, n_ctx: int = 4096, note: str = ""):
-    """The cascade config file for `config` (K in the paper's cumulative spelling, lenience 1)."""
+def to_spec(config: Config, target: str, backend: str = "llamacpp", threads: int = 2, n_ctx: int = 4096, note: str = "",
+            device: str = "cpu", dtype: str = "float32", n_gpu_layers: int = 0):
+    """The cascade config file for `config` (K in the paper's cumulative spelling, lenience 1), placed as tuned."""
     from ..spec import CascadeSpec
 
     spec = CascadeSpec(
@@ -195,6 +196,9 @@ def to_spec(config: Config, target: str, backend: str = "llamacpp", threads: int
         threads=threads,
         n_ctx=n_ctx,
         note=note,
+        device=device,
+        dtype=dtype,
+        n_gpu_layers=n_gpu_layers,
     )
     spec.validate()
     return spec
