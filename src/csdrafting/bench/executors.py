@@ -457,7 +457,8 @@ def hf_path(ref: str, progress: bool = True):
 
 
 class LlamaCppBinExecutor:
-    """llama.cpp's own `llama-speculative-simple`, one process per run (see `llamacpp_bin`).
+    """llama.cpp's own programs, one process per run: `llama-completion` for plain decoding and
+    `llama-speculative-simple` for the speculative modes (see `llamacpp_bin`).
 
     Prompts go in as text (our token ids detokenized with their special tokens; the program tokenizes it
     again, and each record says whether that gives the same ids); the generated text it prints is tokenized
@@ -511,12 +512,15 @@ class LlamaCppBinExecutor:
         argv = self.lb.command(self.binaries, method.name, a)
         run = self.lb.run_peer(argv, text)
         o = run.output
-        tokens = self._ids(o.text, add_bos=False)
-        finish = "length" if o.new_tokens >= max_new else "eos"
+        # llama-speculative-simple may accept a whole draft past -n: compare only the tokens asked for
+        tokens = self._ids(o.text, add_bos=False)[:max_new]
+        finish = ("eos" if o.ended_by_eos else "length") if o.ended_by_eos is not None else (
+            "length" if o.new_tokens >= max_new else "eos")
         c = o.counters
         n_accept = c.get("n_accept", 0) if method.name != "llama-cpp-plain" else 0
         passes = max(0, o.new_tokens - n_accept)  # each pass yields its accepted drafts plus one token
-        t = LevelMetrics(0, f"{model_name(self.target_ref)} (llama.cpp {self.lb.PROGRAM})", "target", 0)
+        prog = self.lb.program(method.name)
+        t = LevelMetrics(0, f"{model_name(self.target_ref)} (llama.cpp {prog})", "target", 0)
         t.forward_passes = passes
         t.tokens_evaluated = passes + c.get("n_drafted", 0)
         t.seconds = o.decode_seconds
@@ -528,10 +532,11 @@ class LlamaCppBinExecutor:
         seconds = o.decode_seconds if timing == "decode" else o.prefill_seconds + o.decode_seconds
         m = GenerationMetrics(levels, new_tokens=o.new_tokens, seconds=seconds, target_steps=passes)
         conf = {
-            "program": self.lb.PROGRAM, "spec_type": self.lb.SPEC_TYPES[method.name],
+            "program": prog, "spec_type": self.lb.SPEC_TYPES[method.name],
             "argv": [x if x != text else "<prompt text>" for x in argv],
             "prompt_ids_identical": self._ids(text, add_bos=True) == list(prompt),
             "decode_seconds": o.decode_seconds, "decode_tokens_per_second_printed": o.decode_speed,
+            "eval_seconds_printed": o.eval_seconds,
             "prefill_seconds": o.prefill_seconds, "process_seconds": run.wall_seconds,
             "load_and_exit_seconds": run.wall_seconds - o.prefill_seconds - o.decode_seconds,
             "load_ms_printed": o.load_ms, "counters": c, "eos_not_in_tokens": True,

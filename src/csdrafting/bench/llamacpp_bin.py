@@ -1,19 +1,24 @@
 """llama.cpp's own C++ programs as benchmark peers: what a CPU user of these weights already runs.
 
-The binaries are built once from the llama.cpp source that the pinned llama-cpp-python sdist vendors (no
+The programs are built once from the llama.cpp source that the pinned llama-cpp-python sdist vendors (no
 other download), into the cache directory, under a lock:
 
     <cache>/peers/llama-cpp-python-<version>/sdist/      the sdist (`pip download --no-binary :all:`)
     <cache>/peers/llama-cpp-python-<version>/llama.cpp/  its vendor/llama.cpp
-    <cache>/peers/llama-cpp-python-<version>/build/bin/  llama-speculative-simple, llama-bench, llama-simple
+    <cache>/peers/llama-cpp-python-<version>/build/bin/  llama-speculative-simple, llama-completion, llama-bench
 
-Every peer runs `llama-speculative-simple` (greedy: --temp 0 --top-k 1) on the same prompt text, so plain
-decoding (`--spec-type none`) and the speculative modes share one program, one sampler and one timer. The
-program prints `encoded N tokens in S seconds` (the prompt's prefill, but its last token) and `decoded N
-tokens in S seconds, speed: X t/s` (every generated token, drafting and review included); a process also
-loads the model and warms it up, which neither line includes. We report the printed decode figures as they
-are, "end to end" as prefill + decode (the model loaded, as for our engine), and the process's wall time
-beside them; load = wall time - prefill - decode.
+Plain decoding is `llama-completion` (llama.cpp's text-completion program; `--spec-type none` is refused
+by llama-speculative-simple); the speculative modes are `llama-speculative-simple --spec-type ...`. Both
+run greedy (--temp 0 --top-k 1) on the same prompt text with the same threads and lengths.
+
+Timing, from the programs' own lines. llama-speculative-simple prints `encoded N tokens in S seconds`
+(the prompt but its last token) and `decoded N tokens in S seconds, speed: X t/s` (every generated token:
+drafting, review, and the pass over the last prompt token that yields the first one). llama-completion
+prints llama_perf's `prompt eval time = A ms / N tokens` and `eval time = B ms / M runs`; its first token
+comes out of the prompt pass, so M = tokens - 1, and its decode rate is M / B, the rate `llama-bench`
+reports as tg. Decode-only figures are these printed rates; "end to end" is prefill + decode as printed
+(the model already loaded, as for our engine). The process's wall time (model load and warm-up included)
+is kept beside them; load = wall time - prefill - decode.
 """
 
 from __future__ import annotations
@@ -34,14 +39,15 @@ from ..protocol import CSDraftingError
 
 SDIST_PACKAGE = "llama-cpp-python"
 PROGRAM = "llama-speculative-simple"
-TARGETS = ("llama-speculative-simple", "llama-bench", "llama-simple")
+PLAIN_PROGRAM = "llama-completion"
+TARGETS = ("llama-speculative-simple", "llama-completion", "llama-bench")
 # portable x86-64 build with the SIMD this machine kind has (no -march=native: the cache may be shared)
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
     "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
 )
 
-# peer method name -> --spec-type; "llama-cpp-plain" is the family's baseline
+# peer method name -> --spec-type ("none": llama-completion); "llama-cpp-plain" is the family's baseline
 SPEC_TYPES = {
     "llama-cpp-plain": "none",
     "llama-cpp-draft-simple": "draft-simple",
@@ -203,29 +209,41 @@ class PeerArgs:
     extra: tuple[str, ...] = ()  # further flags, e.g. ("--spec-ngram-map-k-min-hits", "2")
 
 
+def program(method: str) -> str:
+    return PLAIN_PROGRAM if SPEC_TYPES.get(method) == "none" else PROGRAM
+
+
 def command(binaries: Binaries | Path, method: str, a: PeerArgs) -> list[str]:
-    """The argv of one peer run. `binaries` may also be the program's path itself."""
+    """The argv of one peer run. `binaries` may also be the directory holding the programs."""
     if method not in SPEC_TYPES:
         raise CSDraftingError(f"unknown llama.cpp peer {method!r}; choose from {', '.join(SPEC_TYPES)}")
     if a.max_new_tokens < 1:
         raise CSDraftingError("max_new_tokens must be >= 1")
-    prog = binaries.path() if isinstance(binaries, Binaries) else Path(binaries)
-    # the program stops once it has MORE than -n tokens (its loop test is n_predict > -n): ask for one less
-    cmd = [str(prog), "-m", str(a.model), "-p", a.prompt_text, "--no-escape", "-n", str(a.max_new_tokens - 1),
-           "-c", str(a.n_ctx), "-t", str(a.threads), "-tb", str(a.threads), "-ngl", "0",
-           "--temp", "0", "--top-k", "1", "--seed", "1", "--spec-type", SPEC_TYPES[method]]
-    if method == "llama-cpp-draft-simple":
-        if a.draft_model is None:
-            raise CSDraftingError("llama-cpp-draft-simple needs a draft model (--sd-drafter or the spec's first drafter)")
-        cmd += ["-md", str(a.draft_model), "-td", str(a.threads), "-ngld", "0"]
+    name = program(method)
+    prog = binaries.path(name) if isinstance(binaries, Binaries) else Path(binaries) / name
+    common = ["-m", str(a.model), "-p", a.prompt_text, "--no-escape", "-c", str(a.n_ctx), "-t", str(a.threads),
+              "-tb", str(a.threads), "-ngl", "0", "--temp", "0", "--top-k", "1", "--seed", "1"]
+    if name == PLAIN_PROGRAM:
+        # completion mode, no chat; print only the generated text
+        cmd = [str(prog), *common, "-n", str(a.max_new_tokens), "-no-cnv", "--no-display-prompt"]
+    else:
+        # llama-speculative-simple stops once it has MORE than -n tokens (its loop test): ask for one less
+        cmd = [str(prog), *common, "-n", str(a.max_new_tokens - 1), "--spec-type", SPEC_TYPES[method]]
+        if method == "llama-cpp-draft-simple":
+            if a.draft_model is None:
+                raise CSDraftingError("llama-cpp-draft-simple needs a draft model (--sd-drafter or the spec's first drafter)")
+            cmd += ["-md", str(a.draft_model), "-td", str(a.threads), "-ngld", "0"]
     return cmd + list(a.extra)
 
 
 _FLOAT = r"([0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|nan|inf)"
 _RE_ENC = re.compile(rf"encoded\s+(\d+) tokens in\s+{_FLOAT} seconds, speed:\s+{_FLOAT} t/s")
 _RE_DEC = re.compile(rf"decoded\s+(\d+) tokens in\s+{_FLOAT} seconds, speed:\s+{_FLOAT} t/s")
-_RE_COUNT = re.compile(r"^\S*\s*(n_draft|n_predict|n_drafted|n_accept)\s+=\s+(-?\d+)\s*$", re.M)
+_RE_COUNT = re.compile(r"(?:^|\s)(n_draft|n_predict|n_drafted|n_accept)\s+=\s+(-?\d+)\s*$", re.M)
 _RE_LOAD = re.compile(rf"load time\s+=\s+{_FLOAT} ms")
+_RE_PROMPT_EVAL = re.compile(rf"prompt eval time\s+=\s+{_FLOAT} ms /\s+(\d+) tokens")
+_RE_EVAL = re.compile(rf"(?<!prompt )eval time\s+=\s+{_FLOAT} ms /\s+(\d+) runs")
+_END_OF_TEXT = " [end of text]\n"
 
 
 @dataclass
@@ -240,17 +258,37 @@ class PeerOutput:
     counters: dict[str, int] = field(default_factory=dict)  # n_draft, n_predict, n_drafted, n_accept
     load_ms: float | None = None  # llama_perf's "load time" of the target context, when printed
     text: str = ""
+    eval_seconds: float = 0.0  # the decode time as printed (llama-completion: its M runs)
+    ended_by_eos: bool | None = None  # llama-completion says so; llama-speculative-simple does not
 
 
-def parse_output(stdout: str, stderr: str, prompt_text: str | None = None) -> PeerOutput:
-    """Parse a run of llama-speculative-simple. The text is what follows the echoed prompt on stdout."""
+def parse_output(stdout: str, stderr: str, prompt_text: str | None = None, plain: bool = False) -> PeerOutput:
+    """Parse one run: llama-speculative-simple's, or llama-completion's when `plain`.
+
+    The text is what llama-speculative-simple printed after echoing the prompt, or all that
+    llama-completion printed (it runs with --no-display-prompt) without its " [end of text]" mark.
+    """
     both = stderr + "\n" + stdout
+    load = _RE_LOAD.search(both)
+    load_ms = float(load.group(1)) if load else None
+    if plain:
+        pe, ev = _RE_PROMPT_EVAL.search(both), _RE_EVAL.search(both)
+        if not pe or not ev:
+            tail = "\n".join(both.strip().splitlines()[-15:])
+            raise CSDraftingError(f"no `prompt eval time` / `eval time` lines in llama-completion's output:\n{tail}")
+        runs, eval_s = int(ev.group(2)), float(ev.group(1)) / 1000
+        text = stdout[: -len(_END_OF_TEXT)] if stdout.endswith(_END_OF_TEXT) else stdout
+        # tokens = runs + 1 (the first token comes from the prompt pass); their decode time at the printed rate
+        rate = runs / eval_s if eval_s > 0 else float("nan")
+        return PeerOutput(prompt_tokens=int(pe.group(2)), prefill_seconds=float(pe.group(1)) / 1000,
+                          new_tokens=runs + 1, decode_seconds=(runs + 1) / rate if runs else eval_s,
+                          decode_speed=rate, counters={"eval_runs": runs}, load_ms=load_ms, text=text,
+                          eval_seconds=eval_s, ended_by_eos=stdout.endswith(_END_OF_TEXT))
     enc, dec = _RE_ENC.search(both), _RE_DEC.search(both)
     if not dec or not enc:
         tail = "\n".join(both.strip().splitlines()[-15:])
         raise CSDraftingError(f"no `encoded/decoded N tokens in S seconds` lines in the program's output:\n{tail}")
     counters = {k: int(v) for k, v in _RE_COUNT.findall(both)}
-    load = _RE_LOAD.search(both)
     text = stdout
     # stdout: "\n\n" + the prompt's pieces + the generated pieces + "\n\n"
     if text.startswith("\n\n"):
@@ -265,7 +303,7 @@ def parse_output(stdout: str, stderr: str, prompt_text: str | None = None) -> Pe
     return PeerOutput(
         prompt_tokens=int(enc.group(1)), prefill_seconds=float(enc.group(2)), new_tokens=int(dec.group(1)),
         decode_seconds=float(dec.group(2)), decode_speed=float(dec.group(3)), counters=counters,
-        load_ms=float(load.group(1)) if load else None, text=text,
+        load_ms=load_ms, text=text, eval_seconds=float(dec.group(2)),
     )
 
 
@@ -287,4 +325,5 @@ def run_peer(argv: Sequence[str], prompt_text: str, timeout: float = 1800.0) -> 
     if p.returncode != 0:
         tail = "\n".join(err.strip().splitlines()[-15:])
         raise CSDraftingError(f"{Path(argv[0]).name} exited with {p.returncode}:\n{tail}")
-    return PeerRun(parse_output(out, err, prompt_text), wall, list(argv))
+    plain = Path(argv[0]).name == PLAIN_PROGRAM
+    return PeerRun(parse_output(out, err, None if plain else prompt_text, plain=plain), wall, list(argv))
