@@ -88,11 +88,18 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _single_path_row(model: LanguageModel, prompt: Sequence[int], generated: Sequence[int]) -> np.ndarray:
-    """The row plain decoding used to pick the token after `generated`: prompt in one pass, then one token per pass."""
+def _single_path_row(model: LanguageModel, prompt: Sequence[int], generated: Sequence[int],
+                     split_last: bool = False) -> np.ndarray:
+    """The row plain decoding used to pick the token after `generated`: prompt in one pass (or, with
+    `split_last`, all of it but its last token, then that token alone, as the bench's decode timing
+    prefills), then one token per pass."""
     model.rollback(0)
     prefix = list(model.begin(prompt))
-    row = model.extend(prefix, logits_from=len(prefix) - 1)[-1]
+    if split_last and len(prefix) > 1:
+        model.extend(prefix[:-1], logits_from=len(prefix) - 1)
+        row = model.extend(prefix[-1:])[-1]
+    else:
+        row = model.extend(prefix, logits_from=len(prefix) - 1)[-1]
     for t in generated:
         row = model.extend([int(t)])[-1]
     return np.asarray(row, dtype=np.float64)
@@ -117,11 +124,12 @@ def _batched_rows(model: LanguageModel, prompt: Sequence[int], generated: Sequen
 
 
 def examine(model: LanguageModel, prompt: Sequence[int], reference: Sequence[int], candidate: Sequence[int],
-            threshold: float | None, width: int = DEFAULT_WIDTH) -> Divergence:
+            threshold: float | None, width: int = DEFAULT_WIDTH, split_last: bool = False) -> Divergence:
     """Classify `candidate` (a method's greedy output) against `reference` (plain greedy decoding of `model`).
 
     `threshold` is the model's measured batch-shape noise (`noise_threshold`); None means it was never
-    measured, and then no divergence can be called a tie. Leaves the model's cache in an arbitrary state.
+    measured, and then no divergence can be called a tie. `split_last`: plain decoding prefilled the prompt
+    but its last token first (the bench's decode timing). Leaves the model's cache in an arbitrary state.
     """
     i = first_difference(reference, candidate)
     if i is None:
@@ -134,7 +142,7 @@ def examine(model: LanguageModel, prompt: Sequence[int], reference: Sequence[int
         return Divergence(MISMATCH, i, ref, cand, threshold=threshold,
                           reason=f"one output is a prefix of the other ({len(reference)} vs {len(candidate)} tokens)")
     common = list(reference[:i])
-    single = _single_path_row(model, prompt, common)
+    single = _single_path_row(model, prompt, common, split_last)
     batched = _batched_rows(model, prompt, common, list(candidate[i : i + width - 1]), width)[0]
     s = (float(single[ref]), float(single[cand]))
     b = (float(batched[ref]), float(batched[cand]))

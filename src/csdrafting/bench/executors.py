@@ -139,11 +139,12 @@ class EngineExecutor:
         res = engine.generate(prompt, max_new, keep_cache=timing == "decode")
         return Outcome(res.tokens, res.finish_reason, res.metrics, res.config)
 
-    def examine(self, prompt: list[int], reference: list[int], candidate: list[int]):
+    def examine(self, prompt: list[int], reference: list[int], candidate: list[int], timing: str = "e2e"):
         """Tie or mismatch: the target's logits at the first token where `candidate` leaves plain's output."""
         from ..exactness import examine, noise_threshold
 
-        return examine(self.target, prompt, reference, candidate, noise_threshold(self.target))
+        return examine(self.target, prompt, reference, candidate, noise_threshold(self.target),
+                       split_last=timing == "decode")
 
     def close(self) -> None:
         for m in [self.target, *self.models.values()]:

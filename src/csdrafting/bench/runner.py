@@ -245,7 +245,8 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
 DIVERGENT = "divergent"  # differs from its baseline, not examined (a peer's own code and backend)
 
 
-def classify(executor, prompt: list[int], base: dict | None, tokens: list[int]) -> tuple[str | None, dict | None]:
+def classify(executor, prompt: list[int], base: dict | None, tokens: list[int],
+             timing: str = "e2e") -> tuple[str | None, dict | None]:
     """(exactness verdict, divergence details) of one output against its baseline's record.
 
     None when there is no baseline to compare with; IDENTICAL when equal; otherwise the executor's own
@@ -259,7 +260,7 @@ def classify(executor, prompt: list[int], base: dict | None, tokens: list[int]) 
     examine = getattr(executor, "examine", None)
     if examine is None:
         return DIVERGENT, None
-    d = examine(prompt, base["tokens"], tokens)
+    d = examine(prompt, base["tokens"], tokens, timing=timing)
     return d.verdict, {**d.to_json(), "describe": d.describe()}
 
 
@@ -321,7 +322,7 @@ def execute(
                 "matches_baseline": match, "metrics": md, "config": out.config,
                 "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
             }
-            verdict, divergence = classify(pool.get(m.family), list(prompt.ids), base, out.tokens)
+            verdict, divergence = classify(pool.get(m.family), list(prompt.ids), base, out.tokens, timing)
             rec["exactness"] = verdict
             if divergence is not None:
                 rec["divergence"] = divergence
