@@ -156,3 +156,11 @@ def test_bench_classify_examines_engine_divergences_and_counts_peer_ones():
         verdict, details = classify(Engine(), PROMPT, base, cascade, timing)
         assert verdict == ex.TIE and details["position"] == TIE_AT and "TIE at generated token 9" in details["describe"]
     assert classify(object(), PROMPT, base, cascade) == (DIVERGENT, None)  # a peer cannot be examined
+
+
+def test_noise_command_refuses_bad_settings_before_loading_anything(capsys):
+    from csdrafting.bench.cli import main
+
+    assert main(["noise", "--model", "qwen2.5-coder-1.5b:Q4_K_M", "--widths", "1,4"]) == 2
+    assert "every width >= 2" in capsys.readouterr().err
+    assert main(["noise", "--model", "qwen2.5-coder-1.5b:Q4_K_M", "--positions", "0"]) == 2
