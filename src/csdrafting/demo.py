@@ -53,9 +53,10 @@ def run_demo(spec: CascadeSpec, n_prompts: int = 3, max_new_tokens: int = 96, ou
         print(f"{pid:<14} {pt:>11.2f} {ct:>10.2f} {ct / pt:>7.2f}x {accs} {tpp:>8.2f} {shown:>9}", file=out)
     speedups = [ct / pt for _, pt, ct, *_ in rows]
     n = {v: sum(r[4] == v for r in rows) for v in (IDENTICAL, TIE, MISMATCH)}
+    noise = noise_threshold(target)
     print(f"\nmedian speedup {statistics.median(speedups):.2f}x over {len(rows)} prompts; outputs vs plain decoding: "
           f"{n[IDENTICAL]} identical, {n[TIE]} differing at a numerical tie (target logits closer than the backend's "
-          f"batch-shape noise, {noise_threshold(target) or 'not measured'}), {n[MISMATCH]} mismatched", file=out)
+          f"batch-shape noise, {'not measured' if noise is None else f'{noise:.4f}'}), {n[MISMATCH]} mismatched", file=out)
     if n[MISMATCH]:
         print("ERROR: the cascade's output differed from plain decoding beyond numerical noise — this is a bug, "
               "please report it", file=out)
