@@ -164,3 +164,35 @@ def test_noise_command_refuses_bad_settings_before_loading_anything(capsys):
     assert main(["noise", "--model", "qwen2.5-coder-1.5b:Q4_K_M", "--widths", "1,4"]) == 2
     assert "every width >= 2" in capsys.readouterr().err
     assert main(["noise", "--model", "qwen2.5-coder-1.5b:Q4_K_M", "--positions", "0"]) == 2
+
+
+@pytest.mark.parametrize("gap,delta,threshold,code,word", [
+    (0.001, 0.002, 0.002, 0, "1 differing at a numerical tie"),
+    (0.3, 0.5, 0.002, 1, "1 mismatched"),
+])
+def test_demo_reports_ties_and_fails_on_mismatches(monkeypatch, gap, delta, threshold, code, word):
+    import io
+    from types import SimpleNamespace
+
+    import csdrafting.demo as demo
+    from csdrafting.spec import DEFAULT_SPEC
+
+    model = NearTieLM(gap=gap, delta=delta)
+    model.info = ModelInfo("neartie", V, 1000, frozenset(), precision="F64")
+    monkeypatch.setattr(demo, "build", lambda spec: (model, [MaxGram()], CascadeConfig.make([[4]])))
+    monkeypatch.setattr(demo, "load", lambda ds, limit: [SimpleNamespace(id="p0", text="x")])
+    monkeypatch.setattr(demo, "encode", lambda m, text: list(PROMPT))
+
+    class Stream:
+        def __init__(self, m):
+            pass
+
+        def push(self, toks):
+            return "".join(str(t) for t in toks)
+
+    monkeypatch.setattr(demo, "StreamText", Stream)
+    monkeypatch.setattr(demo, "noise_threshold", lambda m: threshold)
+    out = io.StringIO()
+    assert demo.run_demo(DEFAULT_SPEC, n_prompts=1, max_new_tokens=16, out=out) == code
+    text = out.getvalue()
+    assert word in text and "at generated token 9" in text
