@@ -99,7 +99,7 @@ def test_plain_timing_lines_and_end_of_text():
     err = ("llama_perf_context_print:        load time =     512.00 ms\n"
            "llama_perf_context_print: prompt eval time =     900.00 ms /   110 tokens (    8.18 ms per token)\n"
            "llama_perf_context_print:        eval time =    4000.00 ms /    40 runs   (  100.00 ms per token)\n")
-    o = lb.parse_output("    return a + b\n [end of text]\n", err, plain=True)
+    o = lb.parse_output("    return a + b\n [end of text]\n\n\n", err, plain=True)  # as llama-completion prints it
     assert o.text == "    return a + b\n" and o.ended_by_eos is True
     assert (o.prompt_tokens, o.prefill_seconds, o.new_tokens, o.eval_seconds) == (110, 0.9, 41, 4.0)
     assert o.decode_speed == pytest.approx(10.0) and o.decode_seconds == pytest.approx(4.1) and o.load_ms == 512.0
@@ -110,7 +110,7 @@ def test_timing_lines_parse_exactly():
            "main: decoded   64 tokens in    5.125 seconds, speed:   12.488 t/s\n"
            "main: n_drafted = 30\nmain: n_accept  = 12\n"
            "llama_perf_context_print:        load time =     640.47 ms\n")
-    o = lb.parse_output("\n\nabc def\n\n", err, "abc")
+    o = lb.parse_output("\n\nabc def\n\n\n\n", err, "abc")
     assert (o.prompt_tokens, o.prefill_seconds, o.new_tokens, o.decode_seconds, o.decode_speed) == (117, 0.912, 64, 5.125, 12.488)
     assert o.counters == {"n_drafted": 30, "n_accept": 12} and o.load_ms == 640.47 and o.text == " def"
 

@@ -277,20 +277,23 @@ def parse_output(stdout: str, stderr: str, prompt_text: str | None = None, plain
             tail = "\n".join(both.strip().splitlines()[-15:])
             raise CSDraftingError(f"no `prompt eval time` / `eval time` lines in llama-completion's output:\n{tail}")
         runs, eval_s = int(ev.group(2)), float(ev.group(1)) / 1000
-        text = stdout[: -len(_END_OF_TEXT)] if stdout.endswith(_END_OF_TEXT) else stdout
+        # stdout: the generated pieces, " [end of text]\n" when it stopped at an end token, then "\n\n"
+        text = stdout[:-2] if stdout.endswith("\n\n") else stdout
+        eos = text.endswith(_END_OF_TEXT)
+        text = text[: -len(_END_OF_TEXT)] if eos else text
         # tokens = runs + 1 (the first token comes from the prompt pass); their decode time at the printed rate
         rate = runs / eval_s if eval_s > 0 else float("nan")
         return PeerOutput(prompt_tokens=int(pe.group(2)), prefill_seconds=float(pe.group(1)) / 1000,
                           new_tokens=runs + 1, decode_seconds=(runs + 1) / rate if runs else eval_s,
                           decode_speed=rate, counters={"eval_runs": runs}, load_ms=load_ms, text=text,
-                          eval_seconds=eval_s, ended_by_eos=stdout.endswith(_END_OF_TEXT))
+                          eval_seconds=eval_s, ended_by_eos=eos)
     enc, dec = _RE_ENC.search(both), _RE_DEC.search(both)
     if not dec or not enc:
         tail = "\n".join(both.strip().splitlines()[-15:])
         raise CSDraftingError(f"no `encoded/decoded N tokens in S seconds` lines in the program's output:\n{tail}")
     counters = {k: int(v) for k, v in _RE_COUNT.findall(both)}
     text = stdout
-    # stdout: "\n\n" + the prompt's pieces + the generated pieces + "\n\n"
+    # stdout: "\n\n" + the prompt's pieces + the generated pieces + "\n\n" (after the loop) + "\n\n" (at exit)
     if text.startswith("\n\n"):
         text = text[2:]
     if prompt_text is not None:
@@ -298,8 +301,9 @@ def parse_output(stdout: str, stderr: str, prompt_text: str | None = None, plain
             raise CSDraftingError("the program's output does not start with the prompt it was given; "
                                   "cannot separate the generated text")
         text = text[len(prompt_text):]
-    if text.endswith("\n\n"):
-        text = text[:-2]
+    for tail in ("\n\n", "\n\n"):
+        if text.endswith(tail):
+            text = text[: -len(tail)]
     return PeerOutput(
         prompt_tokens=int(enc.group(1)), prefill_seconds=float(enc.group(2)), new_tokens=int(dec.group(1)),
         decode_seconds=float(dec.group(2)), decode_speed=float(dec.group(3)), counters=counters,
