@@ -137,7 +137,8 @@ def test_configuration_labels_show_levels_and_k():
                                                      "K=[[4,4],[0,8]]")
     assert _key_params(by["sd:qwen2.5-coder-0.5b:Q4_K_M"].resolve()) == "levels: target > qwen2.5-coder-0.5b:Q4_K_M; K=[[4]]"
     assert _key_params(by["plain"].resolve()) == ""
-    assert _key_params(by["llama-cpp-ngram-mod"].resolve()) == "--spec-type ngram-mod"
+    assert _key_params(by["llama-cpp-ngram-mod"].resolve()) == "llama-speculative-simple --spec-type ngram-mod"
+    assert _key_params(by["llama-cpp-plain"].resolve()) == "llama-completion"
     assert _key_params({**by["csd"].resolve(), "lenience": 2.0, "config": {"x": 1}}).endswith("lenience 2.0; config x=1")
 
 

@@ -115,11 +115,13 @@ NOTES = [
     "vertical = the spec's neural drafters then Max-Gram, each level reviewing only the one right below it (K diagonal "
     "in increments; the configuration column shows it); horizontal = the cascade's K row 0 with every lower row zero "
     "(no drafter reviews another; each drafts autoregressively).",
-    "llama-cpp-* run llama.cpp's own `llama-speculative-simple` (built from the pinned llama-cpp-python sdist's "
-    "vendored source), one process per prompt, greedy, same prompt text and thread count; llama-cpp-plain is its "
-    "`--spec-type none`. Their tokens/s come from the program's own `encoded`/`decoded` lines: with --timing decode "
-    "the printed decode time, else prefill + decode; the process's model load is excluded (records keep it as "
-    "process_seconds and load_and_exit_seconds). Their text is re-tokenized for the comparison with `plain`.",
+    "llama-cpp-* run llama.cpp's own programs (built from the pinned llama-cpp-python sdist's vendored source), one "
+    "process per prompt, greedy, same prompt text and thread count: llama-cpp-plain is `llama-completion`, the others "
+    "`llama-speculative-simple --spec-type ...`. Their tokens/s come from the programs' own printed timings "
+    "(`decoded N tokens in S seconds`; llama-completion's llama_perf `eval time` rate): with --timing decode the "
+    "decode time, else prompt prefill + decode; the process's model load is excluded (records keep it as "
+    "process_seconds and load_and_exit_seconds). Their printed text is re-tokenized for the comparisons, so a "
+    "difference may also be a different tokenization of the same text.",
     "oracle = the target's own greedy output (from `plain` on the same prompt) offered as a free k-token draft: "
     "the ceiling of any drafter at this verification cost.",
     "llama-pld runs llama-cpp-python's own Llama.generate with LlamaPromptLookupDecoding, which forces "

@@ -45,7 +45,7 @@ class Row:
     tokens_per_pass: float
     level_acceptance: list[tuple[str, float | None, int]]  # (level name, acceptance, drafted) for levels >= 1
     by_position: dict[int, list[tuple[int, int]]]  # reviewer level -> [(reviewed, accepted)] per position
-    swi: float
+    swi: float | None
     exact_matches: int
     exact_compared: int
     vs_plain_matches: int = 0
@@ -84,7 +84,7 @@ def _key_params(p: dict) -> str:
     if p.get("config"):
         parts.append("config " + ",".join(f"{k}={v}" for k, v in sorted(p["config"].items())).replace(" ", ""))
     if p.get("spec_type"):
-        parts.append(f"--spec-type {p['spec_type']}")
+        parts.append("llama-completion" if p["spec_type"] == "none" else f"llama-speculative-simple --spec-type {p['spec_type']}")
     return "; ".join(parts)
 
 
@@ -163,7 +163,8 @@ def aggregate(records: Iterable[dict], order: Sequence[str] | None = None) -> li
             tps_median=statistics.median(r["tokens_per_second"] for r in rs),
             speedup_median=_median(ratios), speedup_n=len(ratios),
             tokens_per_pass=tokens / passes if passes else 0.0, level_acceptance=acc, by_position=pos,
-            swi=plain_cost / cost if cost else 0.0, exact_matches=exact, exact_compared=compared,
+            # None: parameter counts unknown (llama.cpp's programs)
+            swi=plain_cost / cost if cost and plain_cost else None, exact_matches=exact, exact_compared=compared,
             vs_plain_matches=vsp, vs_plain_compared=vsp_n, params=params,
             ties=verdicts[TIE], mismatches=verdicts[MISMATCH], divergent=verdicts[DIVERGENT],
         ))
@@ -319,7 +320,7 @@ def render_markdown(rows: Sequence[Row], meta: dict, choices: dict | None = None
     if side:
         lines += ["## Beside llama.cpp's own programs (same run, same prompts)", "",
                   "Absolute tokens/s of every method, and per-prompt ratios to llama.cpp's plain decoding "
-                  "(`llama-speculative-simple --spec-type none`) and to its fastest n-gram mode on this dataset.", ""]
+                  "(`llama-completion`) and to its fastest n-gram mode on this dataset.", ""]
         lines += side
     pos_rows = [r for r in rows if r.dataset != ALL and any(r.by_position.get(j) for j in r.by_position)]
     if pos_rows:
