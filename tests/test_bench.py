@@ -548,7 +548,10 @@ def test_bench_cli_end_to_end_on_the_small_model(tmp_path, capsys):
     assert all(r["matches_baseline"] for r in recs if r["method"] != r["baseline"])
     plain = next(r for r in recs if r["method"] == "plain")
     assert all(r["tokens"] == plain["tokens"] for r in recs)  # llama.cpp's own decoding agrees too
-    assert (tmp_path / "summary.md").read_text().count("| csd | K=[[3,6],[0,4]] | 1 |") == 2  # humaneval and all
+    summary = (tmp_path / "summary.md").read_text()
+    # each row's configuration as it ran: levels and K (humaneval and all)
+    assert summary.count("| csd | levels: target > qwen2.5-coder-0.5b:Q4_K_M > maxgram; K=[[3,6],[0,4]] | 1 |") == 2
+    assert summary.count("| vertical | levels: target > qwen2.5-coder-0.5b:Q4_K_M > maxgram; K=[[3,3],[0,4]] | 1 |") == 2
     assert (tmp_path / "speedup.png").exists() and (tmp_path / "acceptance_by_position.png").exists()
     capsys.readouterr()
     assert main(argv) == 0
