@@ -21,6 +21,7 @@ from csdrafting.bench.methods import (
     HF,
     LLAMA,
     Oracle,
+    VERTICAL_REVIEW_K,
     build_methods,
     horizontal_k,
     vertical_k,
@@ -86,7 +87,8 @@ def test_method_list_options():
     two = build_methods(SPEC, methods=("sd",), sd_drafters=[D, "qwen2.5-coder-1.5b:Q4_K_M"])
     assert [m.name for m in two] == ["plain", "sd:qwen2.5-coder-0.5b:Q4_K_M", "sd:qwen2.5-coder-1.5b:Q4_K_M"]
     single = CascadeSpec(target=T, drafters=[D], k=[[4]])
-    assert [m.name for m in build_methods(single)] == ["plain", "sd:qwen2.5-coder-0.5b:Q4_K_M", "maxgram", "csd", "oracle"]
+    names = [m.name for m in build_methods(single)]
+    assert names == ["plain", "sd:qwen2.5-coder-0.5b:Q4_K_M", "maxgram", "vertical", "csd", "oracle"]
     with pytest.raises(CSDraftingError, match="unknown method"):
         build_methods(SPEC, methods=("beam",))
     with pytest.raises(CSDraftingError, match="unknown peer"):
@@ -97,10 +99,11 @@ def test_method_list_options():
 
 def test_vertical_and_horizontal_k_from_the_papers_matrix():
     k = KMatrix.parse([[5, 14, 10], [0, 1, 10], [0, 0, 10]], "increments")
-    assert vertical_k(k) == [[5, 0, 0], [0, 1, 0], [0, 0, 10]]
+    chain = ["a", "b", "maxgram"]
+    assert vertical_k(k, 3, chain) == [[5, 0, 0], [0, 1, 0], [0, 0, 10]]
     assert horizontal_k(k) == [[5, 14, 10], [0, 0, 0], [0, 0, 0]]
     # both are valid K matrices; a zero row is allowed below the target only
-    KMatrix.parse(vertical_k(k), "increments")
+    KMatrix.parse(vertical_k(k, 3, chain), "increments")
     h = KMatrix.parse(horizontal_k(k), "increments")
     assert [h.reviews(j) for j in range(4)] == [True, False, False, False]
     with pytest.raises(CSDraftingError, match="no draft tokens"):
@@ -108,6 +111,66 @@ def test_vertical_and_horizontal_k_from_the_papers_matrix():
 
 
 # ------------------------------------------------------------------------------------------------ engine
+
+
+def test_vertical_row_is_a_real_vertical_cascade():
+    """Where the spec's diagonal is zero (a horizontal-only spec) or the spec has one drafter, the vertical
+    row still makes every neural drafter review Max-Gram instead of degenerating into speculative decoding."""
+    horizontal_only = CascadeSpec(target=T, drafters=[D, "maxgram"], k=[[10, 14], [0, 0]])
+    v = {m.name: m for m in build_methods(horizontal_only)}["vertical"]
+    assert v.drafters == (D, "maxgram")
+    assert v.resolve()["k"] == [[10, 10], [0, VERTICAL_REVIEW_K]]  # the target sees only the 0.5B's tokens
+    one = CascadeSpec(target=T, drafters=[D], k=[[7]])
+    v1 = {m.name: m for m in build_methods(one)}["vertical"]
+    assert v1.drafters == (D, "maxgram") and v1.resolve()["k"] == [[7, 7], [0, VERTICAL_REVIEW_K]]
+    k = KMatrix.parse(v1.resolve()["k"])
+    assert k.reviews(0) and k.reviews(1)  # both the target and the 0.5B review
+    assert v1.resolve()["from_spec"] is True
+    assert not any(m.name == "vertical" for m in build_methods(CascadeSpec(target=T, drafters=["maxgram"], k=[[4]])))
+
+
+def test_configuration_labels_show_levels_and_k():
+    from csdrafting.bench.summary import _key_params
+
+    by = {m.name: m for m in build_methods(CASCADE, calibrate=False, peers=("llama-cpp-ngram-mod",))}
+    assert _key_params(by["vertical"].resolve()) == ("levels: target > qwen2.5-coder-0.5b:Q4_K_M > maxgram; "
+                                                     "K=[[4,4],[0,8]]")
+    assert _key_params(by["sd:qwen2.5-coder-0.5b:Q4_K_M"].resolve()) == "levels: target > qwen2.5-coder-0.5b:Q4_K_M; K=[[4]]"
+    assert _key_params(by["plain"].resolve()) == ""
+    assert _key_params(by["llama-cpp-ngram-mod"].resolve()) == "llama-speculative-simple --spec-type ngram-mod"
+    assert _key_params(by["llama-cpp-plain"].resolve()) == "llama-completion"
+    assert _key_params({**by["csd"].resolve(), "lenience": 2.0, "config": {"x": 1}}).endswith("lenience 2.0; config x=1")
+
+
+def test_engine_methods_pass_extra_config_fields_through():
+    """CascadeConfig fields a method names in `config` reach the engine; csd/vertical/horizontal start from
+    the spec's own configuration, so new fields the spec carries need no bench change."""
+    from dataclasses import dataclass, field as dfield
+
+    from csdrafting.bench.executors import method_config
+
+    spec_cfg = CascadeConfig.make([[3, 6], [0, 4]], lenience=2.0, maxgram_length=5)
+    cfg = method_config(spec_cfg, {"k": [[4, 4], [0, 8]], "lenience": 2.0, "maxgram_length": 5, "from_spec": True})
+    assert cfg.k.cumulative == ((4, 4), (0, 8)) and cfg.lenience == 2.0 and cfg.maxgram_length == 5
+    cfg = method_config(CascadeConfig(), {"k": [[4]], "lenience": 1.0, "maxgram_length": None,
+                                          "config": {"maxgram_length": 3}})
+    assert cfg.maxgram_length == 3
+    with pytest.raises(CSDraftingError, match="not a CascadeConfig field"):
+        method_config(CascadeConfig(), {"k": [[4]], "config": {"warp_speed": 9}})
+    with pytest.raises(CSDraftingError, match="lenience"):
+        method_config(CascadeConfig(), {"k": [[4]], "lenience": 1.0, "config": {"lenience": 0.5}})
+
+    @dataclass(frozen=True)
+    class Knobs:
+        threshold: float = 0.5
+        cap: int = 8
+
+    @dataclass(frozen=True)
+    class Extended(CascadeConfig):  # a configuration with a field added later, holding a dataclass
+        dynamic: Knobs = dfield(default_factory=Knobs)
+
+    out = method_config(Extended(), {"k": [[4]], "config": {"dynamic": {"threshold": 0.25}}})
+    assert isinstance(out, Extended) and out.dynamic == Knobs(0.25, 8) and out.k.cumulative == ((4,),)
 
 
 def _plain(target, prompt, n):
@@ -350,11 +413,14 @@ def _synthetic():
             _level(1, "D", "drafter", 10, 6, drafted=8, accepted=6, rev=(3,), acc=(2,)),
             _level(2, "Max-Gram", "statistical", 0, 0, drafted=4, accepted=1),
         ]))
-        out.append(_rec("humaneval", f"p{i}", "sd:d", 1.2 * plain_tps[i], toks, [
-            _level(0, "T", "target", 100, 5), _level(1, "D", "drafter", 10, 20, drafted=20, accepted=5)]))
+        sd = _rec("humaneval", f"p{i}", "sd:d", 1.2 * plain_tps[i], toks if i != 1 else [1, 1, 7], [
+            _level(0, "T", "target", 100, 5), _level(1, "D", "drafter", 10, 20, drafted=20, accepted=5)])
+        if i == 1:
+            sd["exactness"] = "tie"  # examined by the runner: a numerical tie
+        out.append(sd)
         out.append(_rec("humaneval", f"p{i}", "llama-plain", 10.0, toks, [_level(0, "T", "target", 100, 10)],
                         baseline="llama-plain", family_="llama"))
-        out.append(_rec("humaneval", f"p{i}", "llama-pld", 11.0, toks, [
+        out.append(_rec("humaneval", f"p{i}", "llama-pld", 11.0, toks if i else [5, 5, 5], [
             _level(0, "T", "target", 100, 8), _level(1, "PLD", "statistical", 0, 0, drafted=4, accepted=2)],
             baseline="llama-plain", family_="llama"))
     # a calibration record must not count
@@ -372,18 +438,22 @@ def test_summary_math_on_synthetic_records(tmp_path):
     assert csd.swi == pytest.approx(3 * 10 * 100 / (3 * 0 + (5 + 4 + 1) * 100 + 3 * 6 * 10))
     assert [(name, a, d) for name, a, d in csd.level_acceptance] == [("D", 18 / 24, 24), ("Max-Gram", 3 / 12, 12)]
     assert csd.by_position[0] == [(6, 6), (6, 3)] and csd.by_position[1] == [(9, 6)]
-    assert (csd.exact_matches, csd.exact_compared) == (2, 3)
+    assert (csd.exact_matches, csd.exact_compared, csd.ties, csd.mismatches) == (2, 3, 0, 1)  # unexamined: mismatch
+    sd = rows[("humaneval", "sd:d")]
+    assert (sd.exact_matches, sd.ties, sd.mismatches) == (2, 1, 0)
     plain = rows[("humaneval", "plain")]
     assert plain.speedup_median == 1.0 and plain.swi == pytest.approx(1.0) and plain.exact_compared == 0
     pld = rows[("humaneval", "llama-pld")]
     assert pld.speedup_median == pytest.approx(1.1) and pld.tokens_per_pass == pytest.approx(10 / 8)
-    assert (pld.exact_matches, pld.exact_compared) == (3, 3) and (pld.vs_plain_matches, pld.vs_plain_compared) == (3, 3)
+    assert (pld.exact_matches, pld.exact_compared, pld.divergent, pld.mismatches) == (2, 3, 1, 0)  # a peer: counted
+    assert (pld.vs_plain_matches, pld.vs_plain_compared) == (2, 3)
     assert rows[("all", "csd")].n == 3
     assert [r.method for r in exactness_failures(list(rows.values()))] == ["csd"]
     goal = goal_lines(list(rows.values()))
     assert "ratio 1.25" in goal[0] and "NOT reached" in goal[0] and "above it" in goal[0]
     md = render_markdown(list(rows.values()), {"suite": "test"})
-    assert "EXACTNESS FAILURES" in md and "| csd |" in md and "2/3 ⚠️" in md
+    assert "EXACTNESS MISMATCHES" in md and "| csd |" in md and "| 2 / 0 / 1 ⚠️ |" in md
+    assert "| 2 / 1 / 0 |" in md and "| 2 / 0 / 0 + 1 div |" in md
     path, _ = write_summary(_synthetic(), tmp_path, {"suite": "test"})
     assert path.exists()
     for png in ("speedup.png", "acceptance_by_position.png"):
@@ -478,9 +548,33 @@ def test_bench_cli_end_to_end_on_the_small_model(tmp_path, capsys):
     assert all(r["matches_baseline"] for r in recs if r["method"] != r["baseline"])
     plain = next(r for r in recs if r["method"] == "plain")
     assert all(r["tokens"] == plain["tokens"] for r in recs)  # llama.cpp's own decoding agrees too
-    assert (tmp_path / "summary.md").read_text().count("| csd | K=[[3,6],[0,4]] | 1 |") == 2  # humaneval and all
+    summary = (tmp_path / "summary.md").read_text()
+    # each row's configuration as it ran: levels and K (humaneval and all)
+    assert summary.count("| csd | levels: target > qwen2.5-coder-0.5b:Q4_K_M > maxgram; K=[[3,6],[0,4]] | 1 |") == 2
+    assert summary.count("| vertical | levels: target > qwen2.5-coder-0.5b:Q4_K_M > maxgram; K=[[3,3],[0,4]] | 1 |") == 2
     assert (tmp_path / "speedup.png").exists() and (tmp_path / "acceptance_by_position.png").exists()
     capsys.readouterr()
     assert main(argv) == 0
     assert "0 to go" in capsys.readouterr().err
     assert len(_lines(tmp_path / "records.jsonl")) == len(recs)
+
+
+def test_side_by_side_with_llama_cpp_programs():
+    from csdrafting.bench.summary import paired_ratio, peer_lines
+
+    recs = []
+    for i, (plain, bin_plain, mapk, mod) in enumerate([(5.0, 10.0, 12.0, 9.0), (6.0, 12.0, 24.0, 12.0), (4.0, 8.0, 8.0, 16.0)]):
+        recs.append(_rec("humaneval", f"p{i}", "plain", plain, [1], [_level(0, "T", "target", 100, 10)]))
+        for name, tps in (("llama-cpp-plain", bin_plain), ("llama-cpp-ngram-map-k", mapk), ("llama-cpp-ngram-mod", mod)):
+            recs.append(_rec("humaneval", f"p{i}", name, tps, [1], [_level(0, "T", "target", 0, 10)],
+                             baseline="llama-cpp-plain", family_="llamacpp-bin"))
+    assert paired_ratio(recs, "humaneval", "llama-cpp-ngram-map-k", "llama-cpp-plain") == (pytest.approx(1.2), 3)
+    assert paired_ratio(recs, "humaneval", "plain", "llama-cpp-plain") == (pytest.approx(0.5), 3)
+    rows = aggregate(recs)
+    lines = peer_lines(rows, recs)
+    # best n-gram mode by median tok/s: map-k (12) over mod (12 too, tie broken by order) -> either is stated
+    assert lines[0] == "### humaneval"
+    table = "\n".join(lines)
+    assert "| plain | 5.00 | 0.50x |" in table and "| llama-cpp-ngram-map-k | 12.00 | 1.20x |" in table
+    assert "EXACTNESS" not in render_markdown(rows, {"suite": "t"}, records=recs)
+    assert "Beside llama.cpp's own programs" in render_markdown(rows, {"suite": "t"}, records=recs)

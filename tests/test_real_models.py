@@ -6,6 +6,7 @@ import pytest
 
 from csdrafting import Cascade, CascadeConfig, MaxGram
 from csdrafting.drafters.corpus import load_default_qwen_bigram
+from csdrafting.exactness import TIE, examine, noise_threshold
 from csdrafting.bench.datasets import load
 from csdrafting.spec import DEFAULT_SPEC, build, load_model
 from csdrafting.text import encode
@@ -46,7 +47,10 @@ def test_default_cascade_is_exact_on_humaneval(default_cascade, qwen05_gguf):
         assert len(want) == N_NEW or want[-1] in target.info.eos_token_ids
         for name, engine in engines.items():
             got = engine.generate(ids, N_NEW)
-            assert got.tokens == want, f"{pr.id}, {name}: cascade output differs from plain decoding"
+            if got.tokens != want:
+                # only a numerical tie (logits closer than the target's measured batch-shape noise) may differ
+                d = examine(target, ids, want, got.tokens, noise_threshold(target))
+                assert d.verdict == TIE, f"{pr.id}, {name}: {d.describe()}"
             accepted[name] += sum(lv.accepted for lv in got.metrics.levels[1:])
     assert all(a > 0 for a in accepted.values()), accepted  # the drafters were really used
 

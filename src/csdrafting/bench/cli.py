@@ -4,6 +4,8 @@
     csdrafting bench full                        # hours: 10 prompts per dataset, 128 tokens, calibration, peers
     csdrafting bench full --limit 20 --out runs/big
     csdrafting bench full --summary-only         # rebuild summary.md and the plots from records.jsonl
+    csdrafting bench quick --peers llama-cpp-ngram-map-k,llama-cpp-ngram-mod   # + llama.cpp's own programs
+    csdrafting bench noise --model qwen2.5-coder-1.5b:Q4_K_M   # batch-shape noise: the tie threshold
 
 Output in --out (default runs/bench-<suite>/): records.jsonl (one record per prompt and method, written
 as it goes; rerun the same command to resume), prompts.json (the token ids every method was given),
@@ -25,7 +27,8 @@ from pathlib import Path
 
 from ..protocol import CSDraftingError
 from . import datasets as ds_mod
-from .methods import DEFAULT_GRIDS, ENGINE, ENGINE_METHODS, HF, LLAMA, PEERS, build_methods
+from .llamacpp_bin import BIN_BASELINE
+from .methods import DEFAULT_GRIDS, ENGINE, ENGINE_METHODS, HF, LLAMA, LLAMA_BIN, PEERS, build_methods
 from .runner import CALIBRATION, EVAL, ExecutorPool, PromptIds, RecordStore, choose_lengths, exclusive, execute, plan
 from .summary import calibration_failures, exactness_failures, write_summary
 
@@ -46,7 +49,9 @@ SUITES = {
     "quick": Suite(limit=1, calibration_prompts=0, max_new_tokens=64, peers=("llama-pld",), hf_limit=0),
     # several hours: draft lengths calibrated per dataset on 2 calibration prompts, all peers (the
     # transformers ones, ~1.5 tok/s for the 1.5B, on the first 3 eval prompts of each dataset)
-    "full": Suite(limit=10, calibration_prompts=2, max_new_tokens=128, peers=PEERS, hf_limit=3),
+    # (llama.cpp's own programs only on request, --peers llama-cpp-...: their first use builds them, ~10 min)
+    "full": Suite(limit=10, calibration_prompts=2, max_new_tokens=128, peers=("llama-pld", "hf-assisted", "hf-pld"),
+                  hf_limit=3),
 }
 
 
@@ -85,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-prompts", type=int, help="calibration prompts per dataset for the draft-length grids (0: no grid)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--methods", type=_names(ENGINE_METHODS), help=f"engine methods (default all): {','.join(ENGINE_METHODS)}")
-    p.add_argument("--peers", type=_names(PEERS), help=f"peers, or 'none': {','.join(PEERS)}")
+    p.add_argument("--peers", type=_names(PEERS + (BIN_BASELINE,)),
+                   help=f"peers, or 'none': {','.join(PEERS)} (each family's plain decoding comes with it)")
     p.add_argument("--hf-limit", type=int, help="eval prompts per dataset for the transformers peers")
     p.add_argument("--sd-drafter", action="append", help="neural drafter for a classic speculative decoding row (repeat; default: the cascade's)")
     for kind in ("sd", "maxgram", "oracle", "llama-pld"):
@@ -106,8 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
 NOTES = [
     "Store tiers F32/F16/Q8_0 are rewritten from the published Q4_K_M GGUF: same values, different cost profile; "
     "the transformers peers run the float32 dequantization of the same Q4_K_M values.",
-    "vertical = the cascade's K with only its diagonal (each level reviewed only by the one above); horizontal = "
-    "the cascade's K row 0 with every lower row zero (no drafter reviews another; each drafts autoregressively).",
+    "vertical = the spec's neural drafters then Max-Gram, each level reviewing only the one right below it (K diagonal "
+    "in increments; the configuration column shows it); horizontal = the cascade's K row 0 with every lower row zero "
+    "(no drafter reviews another; each drafts autoregressively).",
+    "llama-cpp-* run llama.cpp's own programs (built from the pinned llama-cpp-python sdist's vendored source), one "
+    "process per prompt, greedy, same prompt text and thread count: llama-cpp-plain is `llama-completion`, the others "
+    "`llama-speculative-simple --spec-type ...`. Their tokens/s come from the programs' own printed timings "
+    "(`decoded N tokens in S seconds`; llama-completion's llama_perf `eval time` rate): with --timing decode the "
+    "decode time, else prompt prefill + decode; the process's model load is excluded (records keep it as "
+    "process_seconds and load_and_exit_seconds). Their printed text is re-tokenized for the comparisons, so a "
+    "difference may also be a different tokenization of the same text.",
     "oracle = the target's own greedy output (from `plain` on the same prompt) offered as a free k-token draft: "
     "the ceiling of any drafter at this verification cost.",
     "llama-pld runs llama-cpp-python's own Llama.generate with LlamaPromptLookupDecoding, which forces "
@@ -242,6 +256,11 @@ def prepare_prompts(out: Path, datasets: list[str], limit: int, cal: int, tokeni
 def main(argv: list[str] | None = None) -> int:
     from ..cli import spec_from_args
 
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    if argv_list[:1] == ["noise"]:
+        from .noise import main as noise_main
+
+        return noise_main(argv_list[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.suite and args.suite_opt and args.suite != args.suite_opt:
@@ -313,12 +332,18 @@ def run(args: argparse.Namespace, spec, argv) -> int:
 
             return LlamaExecutor(spec.target, spec.threads, n_ctx_box[0], frozenset(eos_box))
 
+        def bin_factory():
+            from .executors import LlamaCppBinExecutor
+
+            draft = next((m.drafters[0] for m in methods if m.name == "llama-cpp-draft-simple"), None)
+            return LlamaCppBinExecutor(spec.target, draft, spec.threads, n_ctx_box[0])
+
         def hf_factory():
             from .executors import HFExecutor
 
             return HFExecutor(hf_target, hf_assistant if "hf-assisted" in order else None, spec.threads, frozenset(eos_box))
 
-        pool = ExecutorPool({ENGINE: engine_factory, LLAMA: llama_factory, HF: hf_factory},
+        pool = ExecutorPool({ENGINE: engine_factory, LLAMA: llama_factory, HF: hf_factory, LLAMA_BIN: bin_factory},
                             log=lambda m: print(m, file=sys.stderr))
 
         def tokenizer_model():

@@ -9,17 +9,18 @@ from the forward passes they make (see `review_passes`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..cascade.config import CascadeConfig
+from ..cascade.config import CascadeConfig, KMatrix
 from ..cascade.engine import Cascade
 from ..cascade.metrics import GenerationMetrics, LevelMetrics
 from ..drafters.maxgram import MaxGram
 from ..protocol import CSDraftingError
 from ..spec import MAXGRAM, CascadeSpec, load_model, resolve, split_ref
-from .methods import ENGINE, HF, LLAMA, Method, Oracle, model_name
+from .methods import ENGINE, HF, LLAMA, LLAMA_BIN, Method, Oracle, model_name
 
 WARMUP_TEXT = "def fibonacci(n):\n"
 WARMUP_TOKENS = 4
@@ -73,11 +74,13 @@ class EngineExecutor:
 
     family = ENGINE
 
-    def __init__(self, target, models: dict, bigram=None) -> None:
-        """`models` maps each neural drafter ref used by the methods to its loaded model."""
+    def __init__(self, target, models: dict, bigram=None, spec_config: CascadeConfig | None = None) -> None:
+        """`models` maps each neural drafter ref used by the methods to its loaded model; `spec_config` is
+        the spec's CascadeConfig, the base of methods marked `from_spec` (csd, vertical, horizontal)."""
         self.target = target
         self.models = dict(models)
         self.bigram = bigram
+        self.spec_config = spec_config
         self.oracle = Oracle()
 
     @classmethod
@@ -92,7 +95,7 @@ class EngineExecutor:
         bigram = None
         if any(MAXGRAM in m.drafters for m in methods):
             bigram = _bigram(spec, target.info.vocab_size)
-        return cls(target, models, bigram)
+        return cls(target, models, bigram, spec.cascade_config())
 
     def describe_models(self) -> dict:
         return {ref: m.info.label for ref, m in {"target": self.target, **self.models}.items()}
@@ -113,7 +116,8 @@ class EngineExecutor:
                 drafters.append(self.oracle)
             else:
                 drafters.append(self.models[ref])
-        config = CascadeConfig.make(params["k"], "cumulative", params["lenience"], params["maxgram_length"])
+        base = self.spec_config if params.get("from_spec") and self.spec_config is not None else CascadeConfig()
+        config = method_config(base, params)
         return Cascade(self.target, drafters, config)
 
     def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None,
@@ -135,11 +139,40 @@ class EngineExecutor:
         res = engine.generate(prompt, max_new, keep_cache=timing == "decode")
         return Outcome(res.tokens, res.finish_reason, res.metrics, res.config)
 
+    def examine(self, prompt: list[int], reference: list[int], candidate: list[int], timing: str = "e2e"):
+        """Tie or mismatch: the target's logits at the first token where `candidate` leaves plain's output."""
+        from ..exactness import examine, noise_threshold
+
+        return examine(self.target, prompt, reference, candidate, noise_threshold(self.target),
+                       split_last=timing == "decode")
+
     def close(self) -> None:
         for m in [self.target, *self.models.values()]:
             close = getattr(m, "close", None)
             if close:
                 close()
+
+
+def method_config(base: CascadeConfig, params: dict) -> CascadeConfig:
+    """`base` with the method's K, lenience and Max-Gram length, then its `config` fields by name.
+
+    Any field of CascadeConfig can be set through params["config"] (a dict; a field holding a dataclass
+    takes a dict of that dataclass's fields), so knobs added to the configuration later need no bench code.
+    """
+    k = KMatrix.parse(params["k"], "cumulative") if params.get("k") is not None else None
+    fields: dict = {"k": k, "lenience": float(params.get("lenience", 1.0)), "maxgram_length": params.get("maxgram_length")}
+    known = {f.name for f in dataclasses.fields(base)}
+    for name, value in (params.get("config") or {}).items():
+        if name not in known:
+            raise CSDraftingError(f"method config field {name!r} is not a {type(base).__name__} field; known: {sorted(known)}")
+        current = getattr(base, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            value = dataclasses.replace(current, **value)
+        fields[name] = value
+    try:
+        return dataclasses.replace(base, **fields)
+    except TypeError as exc:
+        raise CSDraftingError(f"method config {params.get('config')}: {exc}") from None
 
 
 def _bigram(spec: CascadeSpec, vocab_size: int):
@@ -419,3 +452,98 @@ def hf_path(ref: str, progress: bool = True):
     if not path.is_dir():
         raise CSDraftingError(f"{ref} is neither a store model nor a transformers checkpoint directory")
     return path
+
+
+# ------------------------------------------------------------------------------------------------ llama.cpp programs
+
+
+class LlamaCppBinExecutor:
+    """llama.cpp's own programs, one process per run: `llama-completion` for plain decoding and
+    `llama-speculative-simple` for the speculative modes (see `llamacpp_bin`).
+
+    Prompts go in as text (our token ids detokenized with their special tokens; the program tokenizes it
+    again, and each record says whether that gives the same ids); the generated text it prints is tokenized
+    with the same vocabulary for the records' `tokens`, so agreement with our plain decoding is counted on
+    tokens. The program does not print the end-of-text token: `tokens` never hold it.
+    """
+
+    family = LLAMA_BIN
+
+    def __init__(self, target_ref: str, draft_ref: str | None, threads: int, n_ctx: int, progress: bool = True,
+                 binaries=None, extra: dict[str, Sequence[str]] | None = None) -> None:
+        import llama_cpp
+
+        from . import llamacpp_bin as lb
+
+        self.lb = lb
+        self.binaries = binaries or lb.ensure_binaries()
+        self.target_ref, self.draft_ref = target_ref, draft_ref
+        self.model = resolve(target_ref, "llamacpp", progress)
+        self.draft = resolve(draft_ref, "llamacpp", progress) if draft_ref else None
+        self.threads, self.n_ctx = threads, n_ctx
+        self.extra = {k: tuple(v) for k, v in (extra or {}).items()}
+        # the vocabulary alone (no weights): detokenize prompts, tokenize what the program printed
+        self.vocab = llama_cpp.Llama(model_path=str(self.model), vocab_only=True, verbose=False)
+
+    def describe_models(self) -> dict:
+        out = {"llama.cpp programs": f"{self.binaries.bin_dir} (from the llama-cpp-python {self.binaries.version} sdist)",
+               "llama.cpp target": f"{self.target_ref} ({self.model.name})"}
+        if self.draft:
+            out["llama.cpp draft"] = f"{self.draft_ref} ({self.draft.name})"
+        return out
+
+    def _text(self, ids: Sequence[int]) -> str:
+        return self.vocab.detokenize(list(ids), special=True).decode("utf-8", "replace")
+
+    def _ids(self, text: str, add_bos: bool) -> list[int]:
+        return [int(t) for t in self.vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)]
+
+    def warmup(self) -> None:
+        # pages the weights in: the first process on a cold file would charge its disk reads to one prompt
+        for method in ("llama-cpp-plain", "llama-cpp-draft-simple") if self.draft else ("llama-cpp-plain",):
+            a = self.lb.PeerArgs(self.model, WARMUP_TEXT, WARMUP_TOKENS, self.threads, 512, self.draft)
+            self.lb.run_peer(self.lb.command(self.binaries, method, a), WARMUP_TEXT)
+
+    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None,
+            timing: str = "e2e") -> Outcome:
+        text = self._text(prompt)
+        extra = tuple(params.get("extra", ())) + self.extra.get(method.name, ())
+        a = self.lb.PeerArgs(self.model, text, max_new, self.threads, self.n_ctx,
+                             self.draft if method.name == "llama-cpp-draft-simple" else None, extra)
+        argv = self.lb.command(self.binaries, method.name, a)
+        run = self.lb.run_peer(argv, text)
+        o = run.output
+        # llama-speculative-simple may accept a whole draft past -n: compare only the tokens asked for
+        tokens = self._ids(o.text, add_bos=False)[:max_new]
+        finish = ("eos" if o.ended_by_eos else "length") if o.ended_by_eos is not None else (
+            "length" if o.new_tokens >= max_new else "eos")
+        c = o.counters
+        n_accept = c.get("n_accept", 0) if method.name != "llama-cpp-plain" else 0
+        passes = max(0, o.new_tokens - n_accept)  # each pass yields its accepted drafts plus one token
+        prog = self.lb.program(method.name)
+        t = LevelMetrics(0, f"{model_name(self.target_ref)} (llama.cpp {prog})", "target", 0)
+        t.forward_passes = passes
+        t.tokens_evaluated = passes + c.get("n_drafted", 0)
+        t.seconds = o.decode_seconds
+        levels = [t]
+        if method.name != "llama-cpp-plain":
+            kind = "drafter" if method.name == "llama-cpp-draft-simple" else "statistical"
+            levels.append(LevelMetrics(1, f"llama.cpp --spec-type {self.lb.SPEC_TYPES[method.name]}", kind, 0,
+                                       drafted=c.get("n_drafted", 0), accepted=n_accept))
+        seconds = o.decode_seconds if timing == "decode" else o.prefill_seconds + o.decode_seconds
+        m = GenerationMetrics(levels, new_tokens=o.new_tokens, seconds=seconds, target_steps=passes)
+        conf = {
+            "program": prog, "spec_type": self.lb.SPEC_TYPES[method.name],
+            "argv": [x if x != text else "<prompt text>" for x in argv],
+            "prompt_ids_identical": self._ids(text, add_bos=True) == list(prompt),
+            "decode_seconds": o.decode_seconds, "decode_tokens_per_second_printed": o.decode_speed,
+            "eval_seconds_printed": o.eval_seconds,
+            "prefill_seconds": o.prefill_seconds, "process_seconds": run.wall_seconds,
+            "load_and_exit_seconds": run.wall_seconds - o.prefill_seconds - o.decode_seconds,
+            "load_ms_printed": o.load_ms, "counters": c, "eos_not_in_tokens": True,
+            "printed_tokens": o.new_tokens, "retokenized_tokens": len(tokens),
+        }
+        return Outcome(tokens, finish, m, conf)
+
+    def close(self) -> None:
+        self.vocab = None

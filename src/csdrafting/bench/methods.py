@@ -7,8 +7,10 @@ plain        the target alone, one token per forward pass (the baseline of every
 sd:<model>   classic speculative decoding: one neural drafter drafting k tokens autoregressively, K = [[k]];
              k is chosen from a small grid on calibration prompts
 maxgram      Max-Gram alone as the drafter, K = [[k]] (k from a grid)
-vertical     the cascade's drafters, each reviewing only the level right below it: K keeps only the diagonal
-             of the cascade's increments (the target reviews only D1, D1 only D2, ..., the last only Max-Gram)
+vertical     a real vertical cascade: the spec's neural drafters then Max-Gram, each level reviewing only the
+             level right below it (the target reviews only D1's output, D1 only D2's, ..., the last neural
+             drafter only Max-Gram's drafts): K is diagonal in increments, from the spec's diagonal where it
+             is positive, else the target's row total (row 0) and VERTICAL_REVIEW_K (lower rows)
 horizontal   the cascade's row 0 (D1 fills the first positions, D2 the next, ..., Max-Gram the last) with every
              row below it zero: no drafter reviews another, each drafts its share autoregressively
              (the engine treats a zero K row exactly so)
@@ -20,7 +22,14 @@ oracle       the target's own greedy output (from `plain` on the same prompt) of
 Peers run by their own code and are compared with plain decoding of their own backend, in the same run:
 ``llama-plain`` / ``llama-pld`` (llama-cpp-python's high-level ``Llama``, without and with its
 ``LlamaPromptLookupDecoding``), ``hf-plain`` / ``hf-assisted`` / ``hf-pld`` (transformers ``generate``
-plain, with ``assistant_model=`` and with ``prompt_lookup_num_tokens=``, float32).
+plain, with ``assistant_model=`` and with ``prompt_lookup_num_tokens=``, float32), and llama.cpp's own C++
+program ``llama-speculative-simple``: ``llama-cpp-plain`` (``--spec-type none``) and ``llama-cpp-draft-simple``
+/ ``-ngram-map-k`` / ``-ngram-mod`` / ``-ngram-cache`` (see `llamacpp_bin`).
+
+Engine methods carry their cascade as data: drafters, cumulative K, lenience, Max-Gram length, and
+`config`, any further `CascadeConfig` fields (by name) merged into the configuration the executor builds;
+csd, vertical and horizontal start from the spec's own configuration, so fields the spec carries reach
+them without changes here.
 """
 
 from __future__ import annotations
@@ -32,11 +41,14 @@ from ..cascade.config import KMatrix
 from ..drafters.maxgram import MaxGram
 from ..protocol import CSDraftingError
 from ..spec import MAXGRAM, CascadeSpec, split_ref
+from .llamacpp_bin import BIN_BASELINE, BIN_PEERS
 
 # what each family of methods is compared with, and which output it must reproduce exactly
-ENGINE, LLAMA, HF = "engine", "llama", "hf"
-BASELINE = {ENGINE: "plain", LLAMA: "llama-plain", HF: "hf-plain"}
-PEERS = ("llama-pld", "hf-assisted", "hf-pld")
+ENGINE, LLAMA, HF, LLAMA_BIN = "engine", "llama", "hf", "llamacpp-bin"
+BASELINE = {ENGINE: "plain", LLAMA: "llama-plain", HF: "hf-plain", LLAMA_BIN: BIN_BASELINE}
+PEERS = ("llama-pld", "hf-assisted", "hf-pld", *BIN_PEERS)
+# the quota of each neural drafter reviewing the level below in the vertical row, where the spec has none
+VERTICAL_REVIEW_K = 4
 ENGINE_METHODS = ("plain", "sd", "maxgram", "vertical", "horizontal", "csd", "oracle")
 
 # small on purpose: every point runs on every calibration prompt (about 40 s each for 128 tokens here)
@@ -69,6 +81,8 @@ class Method:
     grid: tuple[int, ...] = ()
     default: int | None = None  # the draft length used when not calibrating
     params: dict = field(default_factory=dict, compare=False)  # fixed extra parameters (peers)
+    config: dict = field(default_factory=dict)  # further CascadeConfig fields by name (engine methods)
+    from_spec: bool = False  # start from the spec's CascadeConfig (its extra fields too), then set K etc.
 
     @property
     def baseline(self) -> str:
@@ -103,6 +117,10 @@ class Method:
             out["lenience"] = self.lenience
             out["maxgram_length"] = self.maxgram_length
             out["drafters"] = list(self.drafters)
+            if self.config:
+                out["config"] = dict(self.config)
+            if self.from_spec:
+                out["from_spec"] = True
         return out
 
     def to_json(self) -> dict:
@@ -151,10 +169,23 @@ def model_label(ref: str) -> str:
     return f"{model_name(ref)}:{tier}" if tier else model_name(ref)
 
 
-def vertical_k(k: KMatrix) -> list[list[int]]:
-    """Only the diagonal of the increments: each level is filled by the one right below it alone."""
-    inc = k.increments()
-    return [[v if r == c else 0 for c, v in enumerate(row)] for r, row in enumerate(inc)]
+def vertical_k(k: KMatrix | None, n_levels: int, spec_drafters: Sequence[str] = ()) -> list[list[int]]:
+    """Increments of a vertical cascade over `n_levels` drafters (the last Max-Gram): diagonal only.
+
+    Row r's quota is the spec's diagonal increment K[r][r] where the spec's drafter r is the same level
+    and the entry is positive; else row 0 takes the spec's whole row-0 draft length (or the sd default) and
+    lower rows VERTICAL_REVIEW_K. A zero there would make that drafter draft by itself and leave Max-Gram
+    unused: speculative decoding under a wrong name.
+    """
+    inc = k.increments() if k is not None else []
+    same = list(spec_drafters) if len(spec_drafters) == n_levels and spec_drafters[-1] == MAXGRAM else []
+    rows = [[0] * n_levels for _ in range(n_levels)]
+    for r in range(n_levels):
+        v = inc[r][r] if same and r < len(inc) else 0
+        if v <= 0:
+            v = (sum(inc[0]) if inc else DEFAULT_K["sd"]) if r == 0 else VERTICAL_REVIEW_K
+        rows[r][r] = v
+    return rows
 
 
 def horizontal_k(k: KMatrix) -> list[list[int]]:
@@ -187,7 +218,7 @@ def build_methods(
     unknown = set(methods) - set(ENGINE_METHODS)
     if unknown:
         raise CSDraftingError(f"unknown method(s) {sorted(unknown)}; choose from {list(ENGINE_METHODS)}")
-    bad_peers = set(peers) - set(PEERS)
+    bad_peers = set(peers) - set(PEERS) - {BIN_BASELINE}
     if bad_peers:
         raise CSDraftingError(f"unknown peer(s) {sorted(bad_peers)}; choose from {list(PEERS)}")
     spec.validate()
@@ -216,19 +247,28 @@ def build_methods(
         elif kind == "maxgram":
             out.append(Method("maxgram", ENGINE, "Max-Gram alone as the drafter, k tokens per proposal",
                               drafters=(MAXGRAM,), **tuned("maxgram")))
-        elif kind in ("vertical", "horizontal"):
+        elif kind == "vertical":
+            if not neural:
+                continue  # needs at least one neural drafter to review Max-Gram
+            chain = tuple(neural) + (MAXGRAM,)
+            rows = vertical_k(cascade_k, len(chain), spec.drafters)
+            out.append(Method("vertical", ENGINE, "vertical cascade only: each level reviews only the drafts of the "
+                              "level right below it, down to Max-Gram", drafters=chain, k=_cumulative(rows),
+                              lenience=spec.lenience, maxgram_length=spec.maxgram_length, from_spec=True))
+        elif kind == "horizontal":
             if cascade_k is None or cascade_k.size < 2:
                 continue  # needs a cascade of at least two drafters
-            rows = vertical_k(cascade_k) if kind == "vertical" else horizontal_k(cascade_k)
-            what = ("each level reviewed only by the level above (diagonal of K)" if kind == "vertical" else
-                    "target reviews drafts filled by each drafter in turn, no drafter reviews another")
-            out.append(Method(kind, ENGINE, f"{kind} cascade only: {what}", drafters=tuple(spec.drafters),
-                              k=_cumulative(rows), lenience=spec.lenience, maxgram_length=spec.maxgram_length))
+            rows = horizontal_k(cascade_k)
+            out.append(Method(kind, ENGINE, "horizontal cascade only: the target reviews drafts filled by each drafter "
+                              "in turn, no drafter reviews another", drafters=tuple(spec.drafters),
+                              k=_cumulative(rows), lenience=spec.lenience, maxgram_length=spec.maxgram_length,
+                              from_spec=True))
         elif kind == "csd":
             if cascade_k is None:
                 continue
             out.append(Method("csd", ENGINE, f"CS Drafting: {spec.describe()}", drafters=tuple(spec.drafters),
-                              k=cascade_k.cumulative, lenience=spec.lenience, maxgram_length=spec.maxgram_length))
+                              k=cascade_k.cumulative, lenience=spec.lenience, maxgram_length=spec.maxgram_length,
+                              from_spec=True))
         elif kind == "oracle":
             out.append(Method("oracle", ENGINE, "the target's own greedy output as a free k-token draft (ceiling)",
                               drafters=("oracle",), **tuned("oracle")))
@@ -246,6 +286,18 @@ def build_methods(
         if "hf-pld" in hf:
             out.append(Method("hf-pld", HF, "transformers generate(prompt_lookup_num_tokens=k)",
                               default=DEFAULT_K["hf-pld"]))
+    bin_peers = [p for p in BIN_PEERS if p in peers]
+    if bin_peers or BIN_BASELINE in peers:
+        out.append(Method(BIN_BASELINE, LLAMA_BIN, "llama.cpp's own llama-speculative-simple --spec-type none (plain "
+                          "decoding, greedy)", params={"spec_type": "none"}))
+        for p in bin_peers:
+            what = p.removeprefix("llama-cpp-")
+            drafters = tuple(sd_drafters[:1]) if what == "draft-simple" else ()
+            if what == "draft-simple" and not drafters:
+                raise CSDraftingError("llama-cpp-draft-simple needs a neural drafter: give --sd-drafter")
+            out.append(Method(p, LLAMA_BIN, f"llama.cpp's own llama-speculative-simple --spec-type {what}"
+                              + (f" -md {drafters[0]}" if drafters else "") + ", library defaults, greedy",
+                              drafters=drafters, params={"spec_type": what}))
     names = [m.name for m in out]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

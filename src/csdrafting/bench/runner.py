@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
+from ..exactness import IDENTICAL, MISMATCH, TIE
 from ..protocol import CSDraftingError
 from .methods import HF, Method
 
@@ -241,6 +242,28 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+DIVERGENT = "divergent"  # differs from its baseline, not examined (a peer's own code and backend)
+
+
+def classify(executor, prompt: list[int], base: dict | None, tokens: list[int],
+             timing: str = "e2e") -> tuple[str | None, dict | None]:
+    """(exactness verdict, divergence details) of one output against its baseline's record.
+
+    None when there is no baseline to compare with; IDENTICAL when equal; otherwise the executor's own
+    `examine` (engine methods: the target's logits at the first differing token) decides TIE or MISMATCH,
+    and an executor that cannot examine (peers) yields DIVERGENT.
+    """
+    if base is None:
+        return None, None
+    if tokens == base["tokens"]:
+        return IDENTICAL, None
+    examine = getattr(executor, "examine", None)
+    if examine is None:
+        return DIVERGENT, None
+    d = examine(prompt, base["tokens"], tokens, timing=timing)
+    return d.verdict, {**d.to_json(), "describe": d.describe()}
+
+
 def family_order(units: Sequence[Unit], methods: dict[str, Method]) -> list[Unit]:
     """Engine and llama.cpp units interleaved prompt by prompt; the transformers units after them all."""
     return [u for u in units if methods[u.method].family != HF] + [u for u in units if methods[u.method].family == HF]
@@ -299,12 +322,24 @@ def execute(
                 "matches_baseline": match, "metrics": md, "config": out.config,
                 "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
             }
+            verdict, divergence = classify(pool.get(m.family), list(prompt.ids), base, out.tokens, timing)
+            rec["exactness"] = verdict
+            if divergence is not None:
+                rec["divergence"] = divergence
             store.append(rec)
             done += 1
             if match is False:
                 i = first_difference(out.tokens, base["tokens"])
-                say(f"!!! EXACTNESS FAILURE: {u.variant} on {u.dataset}/{u.prompt_id} differs from {m.baseline} "
-                    f"at generated token {i} ({len(out.tokens)} vs {len(base['tokens'])} tokens) !!!")
+                where = f"{u.variant} on {u.dataset}/{u.prompt_id}"
+                if verdict == MISMATCH:
+                    say(f"!!! EXACTNESS MISMATCH (a bug): {where} differs from {m.baseline} at generated token {i} "
+                        f"({len(out.tokens)} vs {len(base['tokens'])} tokens): "
+                        f"{divergence.get('describe') if divergence else 'not examined'} !!!")
+                elif verdict == TIE:
+                    say(f"note: {where} differs from {m.baseline} at a numerical tie: {divergence['describe']}")
+                else:
+                    say(f"note: {where} differs from {m.baseline} at generated token {i} (a peer's own code: "
+                        "not examined)")
             bar.set_postfix_str(f"{md['tokens_per_second']:.2f} tok/s")
             bar.update(1)
     finally:

@@ -11,7 +11,11 @@ Definitions (all on eval-phase records):
   with at least i tokens that accepted the first i of them (summed over prompts).
 - SWI, the paper's standardized walltime improvement: total (new tokens x target parameters) / total
   (forward passes x parameters, summed over levels; Max-Gram and prompt lookup cost 0).
-- exact: prompts whose output equals the baseline's greedy output / prompts compared.
+- exactness: of the prompts compared with the baseline's greedy output, identical / tie-divergent /
+  mismatched. A divergence of an engine method is examined at its first differing token
+  (csdrafting.exactness): a tie when the target's margin between the two tokens is within its measured
+  batch-shape noise, else a mismatch (a bug). Peers run other code: their divergences are counted, not
+  examined (shown as "div").
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .runner import EVAL
+from ..exactness import IDENTICAL, MISMATCH, TIE
+from .runner import DIVERGENT, EVAL
 
 ALL = "all"
 
@@ -40,12 +45,15 @@ class Row:
     tokens_per_pass: float
     level_acceptance: list[tuple[str, float | None, int]]  # (level name, acceptance, drafted) for levels >= 1
     by_position: dict[int, list[tuple[int, int]]]  # reviewer level -> [(reviewed, accepted)] per position
-    swi: float
+    swi: float | None
     exact_matches: int
     exact_compared: int
     vs_plain_matches: int = 0
     vs_plain_compared: int = 0
     params: list[str] = field(default_factory=list)
+    ties: int = 0
+    mismatches: int = 0
+    divergent: int = 0  # differs, not examined (peers)
 
     @property
     def exact_rate(self) -> float | None:
@@ -61,11 +69,43 @@ def _median(xs: Sequence[float]) -> float | None:
 
 
 def _key_params(p: dict) -> str:
-    if p.get("draft_length") is not None:
-        return f"k={p['draft_length']}"
+    """A row's configuration as it ran: its levels and K (cumulative), or its draft length / peer mode."""
+    parts = []
+    if p.get("drafters"):
+        parts.append("levels: target > " + " > ".join(p["drafters"]))
     if p.get("k"):
-        return "K=" + str(p["k"]).replace(" ", "")
-    return ""
+        parts.append("K=" + str(p["k"]).replace(" ", ""))
+    elif p.get("draft_length") is not None:
+        parts.append(f"k={p['draft_length']}")
+    if p.get("lenience", 1.0) not in (1, 1.0, None):
+        parts.append(f"lenience {p['lenience']}")
+    if p.get("maxgram_length"):
+        parts.append(f"Max-Gram length {p['maxgram_length']}")
+    if p.get("config"):
+        parts.append("config " + ",".join(f"{k}={v}" for k, v in sorted(p["config"].items())).replace(" ", ""))
+    if p.get("spec_type"):
+        parts.append("llama-completion" if p["spec_type"] == "none" else f"llama-speculative-simple --spec-type {p['spec_type']}")
+    return "; ".join(parts)
+
+
+def verdict_of(r: dict, base: dict) -> str:
+    """The record's exactness verdict against `base`; records written before examination existed count a
+    difference as a mismatch (engine) or an unexamined divergence (peers)."""
+    if r["tokens"] == base["tokens"]:
+        return IDENTICAL
+    v = r.get("exactness")
+    if v in (TIE, MISMATCH, DIVERGENT):
+        return v
+    return MISMATCH if r.get("family") == "engine" else DIVERGENT
+
+
+def _comparable(r: dict, plain: dict) -> tuple[list, list]:
+    """Tokens of a record and of plain decoding, on the same footing: programs that do not print the
+    end-of-text token are compared with plain's output without it."""
+    p = plain["tokens"]
+    if (r.get("config") or {}).get("eos_not_in_tokens") and plain.get("finish_reason") == "eos":
+        p = p[:-1]
+    return r["tokens"], p
 
 
 def aggregate(records: Iterable[dict], order: Sequence[str] | None = None) -> list[Row]:
@@ -80,17 +120,22 @@ def aggregate(records: Iterable[dict], order: Sequence[str] | None = None) -> li
     for (ds, method), rs in groups.items():
         first = rs[0]
         ratios, exact, compared, vsp, vsp_n = [], 0, 0, 0, 0
+        verdicts = {TIE: 0, MISMATCH: 0, DIVERGENT: 0}
         for r in rs:
             base = by_prompt.get((r["dataset"], r["prompt_id"], r["baseline"]))
             if base is not None and base["tokens_per_second"] > 0:
                 ratios.append(r["tokens_per_second"] / base["tokens_per_second"])
             if base is not None and method != r["baseline"]:
                 compared += 1
-                exact += r["tokens"] == base["tokens"]
+                v = verdict_of(r, base)
+                exact += v == IDENTICAL
+                if v != IDENTICAL:
+                    verdicts[v] += 1
             plain = by_prompt.get((r["dataset"], r["prompt_id"], "plain"))
             if plain is not None and method != "plain":
                 vsp_n += 1
-                vsp += r["tokens"] == plain["tokens"]
+                a, b = _comparable(r, plain)
+                vsp += a == b
         tokens = sum(r["new_tokens"] for r in rs)
         passes = sum(r["metrics"]["levels"][0]["forward_passes"] for r in rs)
         cost = sum(r["metrics"]["standardized_cost"] for r in rs)
@@ -118,8 +163,10 @@ def aggregate(records: Iterable[dict], order: Sequence[str] | None = None) -> li
             tps_median=statistics.median(r["tokens_per_second"] for r in rs),
             speedup_median=_median(ratios), speedup_n=len(ratios),
             tokens_per_pass=tokens / passes if passes else 0.0, level_acceptance=acc, by_position=pos,
-            swi=plain_cost / cost if cost else 0.0, exact_matches=exact, exact_compared=compared,
+            # None: parameter counts unknown (llama.cpp's programs)
+            swi=plain_cost / cost if cost and plain_cost else None, exact_matches=exact, exact_compared=compared,
             vs_plain_matches=vsp, vs_plain_compared=vsp_n, params=params,
+            ties=verdicts[TIE], mismatches=verdicts[MISMATCH], divergent=verdicts[DIVERGENT],
         ))
     ds_order = {d: i for i, d in enumerate(["humaneval", "mmlu", "mtbench"])}
     m_order = {m: i for i, m in enumerate(order or [])}
@@ -128,8 +175,52 @@ def aggregate(records: Iterable[dict], order: Sequence[str] | None = None) -> li
     return rows
 
 
+def paired_ratio(records: Iterable[dict], dataset: str, method: str, other: str) -> tuple[float | None, int]:
+    """Median over the eval prompts both ran of tokens/s(method) / tokens/s(other), and how many prompts."""
+    by: dict[str, dict[str, float]] = {}
+    for r in records:
+        if r.get("phase") == EVAL and r["dataset"] == dataset and r["method"] in (method, other):
+            by.setdefault(r["prompt_id"], {})[r["method"]] = r["tokens_per_second"]
+    ratios = [v[method] / v[other] for v in by.values() if method in v and other in v and v[other] > 0]
+    return _median(ratios), len(ratios)
+
+
+def peer_lines(rows: Sequence[Row], records: Sequence[dict]) -> list[str]:
+    """Every method beside llama.cpp's own programs of the same run: absolute tok/s, and paired ratios to
+    llama.cpp's plain decoding and to its best n-gram mode."""
+    from .llamacpp_bin import BIN_BASELINE
+
+    out = []
+    for ds in dict.fromkeys(r.dataset for r in rows if r.dataset != ALL):
+        get = {r.method: r for r in rows if r.dataset == ds}
+        if BIN_BASELINE not in get:
+            continue
+        ngram = [m for m in get if m.startswith("llama-cpp-ngram")]
+        best = max(ngram, key=lambda m: get[m].tps_median) if ngram else None
+        out += [f"### {ds}", "",
+                f"| method | tok/s (median) | vs {BIN_BASELINE} (paired median) | vs {best or 'best n-gram'} (paired median) |",
+                "|---|---:|---:|---:|"]
+        for m, r in get.items():
+            vs_plain, n = paired_ratio(records, ds, m, BIN_BASELINE)
+            vs_best, _ = paired_ratio(records, ds, m, best) if best else (None, 0)
+            out.append(f"| {m} | {r.tps_median:.2f} | {_fmt(vs_plain, '.2f', 'x')} | {_fmt(vs_best, '.2f', 'x')} |")
+        out.append("")
+    return out
+
+
 def exactness_failures(rows: Sequence[Row]) -> list[Row]:
-    return [r for r in rows if r.dataset != ALL and r.exact_compared and r.exact_matches < r.exact_compared]
+    """Rows with a mismatch: a divergence that the backend's batch-shape noise cannot explain."""
+    return [r for r in rows if r.dataset != ALL and r.mismatches]
+
+
+def exactness_cell(r: Row) -> str:
+    """identical / tie / mismatch (and peers' unexamined divergences)."""
+    if r.is_baseline:
+        return "baseline"
+    cell = f"{r.exact_matches} / {r.ties} / {r.mismatches}"
+    if r.divergent:
+        cell += f" + {r.divergent} div"
+    return cell + (" ⚠️" if r.mismatches else "")
 
 
 def _fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
@@ -173,13 +264,14 @@ def goal_lines(rows: Sequence[Row]) -> list[str]:
 
 
 def calibration_failures(records: Iterable[dict]) -> list[str]:
-    """Calibration runs whose output differed from their baseline's (they are exact methods too)."""
+    """Calibration runs whose output mismatched their baseline's (they are exact methods too)."""
     return [f"{r['variant']} on {r['dataset']}/{r['prompt_id']} (calibration)" for r in records
-            if r.get("phase") != EVAL and r.get("matches_baseline") is False]
+            if r.get("phase") != EVAL and r.get("matches_baseline") is False
+            and r.get("exactness", MISMATCH if r.get("family") == "engine" else DIVERGENT) == MISMATCH]
 
 
 def render_markdown(rows: Sequence[Row], meta: dict, choices: dict | None = None, plots: Sequence[str] = (),
-                    other_failures: Sequence[str] = ()) -> str:
+                    other_failures: Sequence[str] = (), records: Sequence[dict] = ()) -> str:
     lines = [f"# CS Drafting benchmark — suite `{meta.get('suite', '?')}`", ""]
     for k in ("command", "date", "machine", "target", "models", "generation", "timing", "records"):
         if meta.get(k):
@@ -187,13 +279,15 @@ def render_markdown(rows: Sequence[Row], meta: dict, choices: dict | None = None
     lines.append("")
     fails = exactness_failures(rows)
     if fails or other_failures:
-        lines.append("## ⚠️ EXACTNESS FAILURES")
+        lines.append("## ⚠️ EXACTNESS MISMATCHES (bugs)")
         lines.append("")
-        lines.append("These exact methods did NOT reproduce their baseline's greedy output on every prompt:")
+        lines.append("These exact methods differed from their baseline's greedy output by more than the target's "
+                     "measured batch-shape noise:")
         for r in fails:
-            lines.append(f"- **{r.method}** on {r.dataset}: {r.exact_matches}/{r.exact_compared} identical to {r.baseline}")
+            lines.append(f"- **{r.method}** on {r.dataset}: {r.mismatches} of {r.exact_compared} prompts mismatched "
+                         f"{r.baseline} ({r.exact_matches} identical, {r.ties} numerical ties)")
         for text in other_failures:
-            lines.append(f"- **{text}**: differs from its baseline")
+            lines.append(f"- **{text}**: mismatched its baseline")
         lines.append("")
     goal = goal_lines(rows)
     if goal:
@@ -204,23 +298,30 @@ def render_markdown(rows: Sequence[Row], meta: dict, choices: dict | None = None
         "",
         "Speedup: median over prompts of (tokens/s of the method) / (tokens/s of its baseline on the same prompt); "
         "engine methods against `plain`, peers against their own backend's plain decoding. SWI: the paper's "
-        "standardized walltime improvement (parameter-count cost). Exact: outputs identical to the baseline.",
+        "standardized walltime improvement (parameter-count cost). Exactness: identical / tie-divergent / "
+        "mismatched against the baseline's greedy output (a tie: the target's two candidate tokens are closer than "
+        "its measured batch-shape noise; `div`: a peer's divergence, not examined).",
         "",
     ]
     for ds in dict.fromkeys(r.dataset for r in rows):
         lines.append(f"### {ds}")
         lines.append("")
-        lines.append("| method | params | n | tok/s (median) | speedup (median) | SWI | tokens / target pass | acceptance by level | exact |")
+        lines.append("| method | configuration | n | tok/s (median) | speedup (median) | SWI | tokens / target pass | acceptance by level | exactness (identical / tie / mismatch) |")
         lines.append("|---|---|---:|---:|---:|---:|---:|---|---:|")
         for r in (x for x in rows if x.dataset == ds):
-            exact = "baseline" if r.is_baseline else (
-                f"{r.exact_matches}/{r.exact_compared}" + ("" if r.exact_matches == r.exact_compared else " ⚠️"))
+            exact = exactness_cell(r)
             lines.append(
                 f"| {r.method} | {', '.join(r.params) or ''} | {r.n} | {r.tps_median:.2f} | "
                 f"{_fmt(r.speedup_median, '.2f', 'x')} | {_fmt(r.swi, '.2f', 'x')} | {r.tokens_per_pass:.2f} | "
                 f"{_acc_cell(r.level_acceptance)} | {exact} |"
             )
         lines.append("")
+    side = peer_lines(rows, records)
+    if side:
+        lines += ["## Beside llama.cpp's own programs (same run, same prompts)", "",
+                  "Absolute tokens/s of every method, and per-prompt ratios to llama.cpp's plain decoding "
+                  "(`llama-completion`) and to its fastest n-gram mode on this dataset.", ""]
+        lines += side
     pos_rows = [r for r in rows if r.dataset != ALL and any(r.by_position.get(j) for j in r.by_position)]
     if pos_rows:
         lines += ["## Acceptance by draft position (%, positions 1..8; L0 = the target's reviews, L1 = the first drafter's)", ""]
@@ -318,7 +419,7 @@ def write_summary(records: Sequence[dict], out_dir: str | Path, meta: dict, choi
     out_dir = Path(out_dir)
     rows = aggregate(records, order)
     plots = plot(rows, out_dir) if rows else []
-    md = render_markdown(rows, meta, choices, plots, calibration_failures(records))
+    md = render_markdown(rows, meta, choices, plots, calibration_failures(records), records)
     path = out_dir / "summary.md"
     path.write_text(md + "\n")
     return path, rows
