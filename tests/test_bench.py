@@ -167,10 +167,10 @@ def test_engine_methods_pass_extra_config_fields_through():
 
     @dataclass(frozen=True)
     class Extended(CascadeConfig):  # a configuration with a field added later, holding a dataclass
-        dynamic: Knobs = dfield(default_factory=Knobs)
+        knobs: Knobs = dfield(default_factory=Knobs)
 
-    out = method_config(Extended(), {"k": [[4]], "config": {"dynamic": {"threshold": 0.25}}})
-    assert isinstance(out, Extended) and out.dynamic == Knobs(0.25, 8) and out.k.cumulative == ((4,),)
+    out = method_config(Extended(), {"k": [[4]], "config": {"knobs": {"threshold": 0.25}, "dynamic": True}})
+    assert isinstance(out, Extended) and out.knobs == Knobs(0.25, 8) and out.k.cumulative == ((4,),) and out.dynamic
 
 
 def _plain(target, prompt, n):
@@ -578,3 +578,34 @@ def test_side_by_side_with_llama_cpp_programs():
     assert "| plain | 5.00 | 0.50x |" in table and "| llama-cpp-ngram-map-k | 12.00 | 1.20x |" in table
     assert "EXACTNESS" not in render_markdown(rows, {"suite": "t"}, records=recs)
     assert "Beside llama.cpp's own programs" in render_markdown(rows, {"suite": "t"}, records=recs)
+
+
+def test_also_configs_and_the_suffix_drafter_run_as_bench_rows(tmp_path):
+    """--also adds a cascade config as its own row; a dynamic row gets cost curves from the bench's spec
+    (measured when the spec has none), and the suffix drafter is built with the spec's settings."""
+    from csdrafting.bench.executors import EngineExecutor
+    from csdrafting.bench.methods import build_methods
+    from csdrafting.spec import CascadeSpec
+
+    paths = {n: tmp_path / f"{n}.gguf" for n in ("T", "D")}
+    for p in paths.values():
+        p.write_bytes(b"")
+    spec = CascadeSpec(target=str(paths["T"]), drafters=["suffix"], k=[[6]], dynamic=True, suffix_calibration=None)
+    other = CascadeSpec(target=str(paths["T"]), drafters=[str(paths["D"]), "suffix"], k=[[4, 8], [0, 0]], dynamic=True,
+                        suffix_calibration=None)
+    methods = build_methods(spec, ["plain", "csd", "vertical", "sd"], also=[("dyn-horizontal", other)], calibrate=False)
+    names = [m.name for m in methods]
+    assert names[:2] == ["plain", "csd"] and "cfg:dyn-horizontal" in names and "vertical" not in names  # no neural drafter
+    assert not any(n.startswith("sd:") for n in names)  # the suffix drafter is no sd drafter
+    target, (d1, _) = family(vocab=6, seed=0, eos=None)
+    ex = EngineExecutor(target, {str(paths["D"]): d1}, spec_config=spec.cascade_config(), spec=spec)
+    prompt = [1, 2, 3, 1, 2, 3, 1]
+    want = _plain(target, prompt, 20)
+    for m in methods:
+        params = m.resolve()
+        out = ex.run(m, params, prompt, 20, want)
+        assert out.tokens == want, m.name
+    cfg = ex.cascade(next(m for m in methods if m.name == "cfg:dyn-horizontal").resolve()).config
+    assert cfg.dynamic and len(cfg.costs) == 3 and cfg.costs[2] is None and cfg.costs[0] is not None
+    with pytest.raises(CSDraftingError, match="not the bench's target"):
+        build_methods(spec, ["plain"], also=[("x", CascadeSpec(target=str(paths["D"])))])

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_names(ENGINE_METHODS), help=f"engine methods (default all): {','.join(ENGINE_METHODS)}")
     p.add_argument("--peers", type=_names(PEERS + (BIN_BASELINE,)),
                    help=f"peers, or 'none': {','.join(PEERS)} (each family's plain decoding comes with it)")
+    p.add_argument("--also", action="append", default=[], metavar="CONFIG",
+                   help="also run this cascade config (same target) as an engine row named cfg:<file stem>; repeatable")
     p.add_argument("--hf-limit", type=int, help="eval prompts per dataset for the transformers peers")
     p.add_argument("--sd-drafter", action="append", help="neural drafter for a classic speculative decoding row (repeat; default: the cascade's)")
     for kind in ("sd", "maxgram", "oracle", "llama-pld"):
@@ -293,9 +295,13 @@ def run(args: argparse.Namespace, spec, argv) -> int:
         raise CSDraftingError("--limit and --calibration-prompts must be >= 0 and --max-new-tokens > 0")
     grids = {k: v for k, v in {"sd": args.grid_sd, "maxgram": args.grid_maxgram, "oracle": args.grid_oracle,
                                 "llama-pld": args.grid_llama_pld}.items() if v}
-    methods = build_methods(spec, args.methods or ENGINE_METHODS, peers, args.sd_drafter, calibrate=cal > 0, grids=grids)
+    from ..spec import STATISTICAL, CascadeSpec
+
+    also = [(Path(p).stem, CascadeSpec.load(p)) for p in args.also]
+    methods = build_methods(spec, args.methods or ENGINE_METHODS, peers, args.sd_drafter, calibrate=cal > 0, grids=grids,
+                            also=also)
     order = [m.name for m in methods]
-    neural = [d for d in (args.sd_drafter or spec.drafters) if d != "maxgram"]
+    neural = [d for d in (args.sd_drafter or spec.drafters) if d not in STATISTICAL]
     hf_target = args.hf_target or spec.target
     hf_assistant = args.hf_assistant or (neural[0] if neural else None)
     if "hf-assisted" in order and not hf_assistant:

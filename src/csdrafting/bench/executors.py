@@ -19,7 +19,7 @@ from ..cascade.engine import Cascade
 from ..cascade.metrics import GenerationMetrics, LevelMetrics
 from ..drafters.maxgram import MaxGram
 from ..protocol import CSDraftingError
-from ..spec import MAXGRAM, CascadeSpec, load_model, resolve, split_ref
+from ..spec import MAXGRAM, STATISTICAL, CascadeSpec, load_model, resolve, split_ref, statistical_drafter
 from .methods import ENGINE, HF, LLAMA, LLAMA_BIN, Method, Oracle, model_name
 
 WARMUP_TEXT = "def fibonacci(n):\n"
@@ -74,14 +74,18 @@ class EngineExecutor:
 
     family = ENGINE
 
-    def __init__(self, target, models: dict, bigram=None, spec_config: CascadeConfig | None = None) -> None:
+    def __init__(self, target, models: dict, bigram=None, spec_config: CascadeConfig | None = None,
+                 spec: CascadeSpec | None = None) -> None:
         """`models` maps each neural drafter ref used by the methods to its loaded model; `spec_config` is
-        the spec's CascadeConfig, the base of methods marked `from_spec` (csd, vertical, horizontal)."""
+        the spec's CascadeConfig, the base of methods marked `from_spec` (csd, vertical, horizontal); `spec`
+        configures statistical drafters other than Max-Gram and gives cost curves for dynamic methods."""
         self.target = target
         self.models = dict(models)
         self.bigram = bigram
         self.spec_config = spec_config
+        self.spec = spec
         self.oracle = Oracle()
+        self._curves: dict[str, object] = {}
 
     @classmethod
     def from_spec(cls, spec: CascadeSpec, methods: Sequence[Method], progress: bool = True) -> "EngineExecutor":
@@ -90,12 +94,12 @@ class EngineExecutor:
         models = {}
         for m in methods:
             for ref in m.drafters:
-                if ref not in (MAXGRAM, "oracle") and ref not in models:
+                if ref not in (*STATISTICAL, "oracle") and ref not in models:
                     models[ref] = load_model(ref, spec.backend, spec.threads, spec.n_ctx, progress, **spec.placement(ref))
         bigram = None
         if any(MAXGRAM in m.drafters for m in methods):
             bigram = _bigram(spec, target.info.vocab_size)
-        return cls(target, models, bigram, spec.cascade_config())
+        return cls(target, models, bigram, spec.cascade_config(), spec)
 
     def describe_models(self) -> dict:
         return {ref: m.info.label for ref, m in {"target": self.target, **self.models}.items()}
@@ -114,11 +118,31 @@ class EngineExecutor:
                 drafters.append(MaxGram(self.bigram))
             elif ref == "oracle":
                 drafters.append(self.oracle)
+            elif ref in STATISTICAL:
+                if self.spec is None:
+                    raise CSDraftingError(f"the {ref} drafter needs the bench's cascade spec for its settings")
+                drafters.append(statistical_drafter(self.spec, ref, self.target.info.vocab_size))
             else:
                 drafters.append(self.models[ref])
         base = self.spec_config if params.get("from_spec") and self.spec_config is not None else CascadeConfig()
         config = method_config(base, params)
+        if config.dynamic and drafters and config.costs is None:
+            refs = ["target", *params["drafters"]]
+            config = dataclasses.replace(config, costs=tuple(self._curve(r) for r in refs))
         return Cascade(self.target, drafters, config)
+
+    def _curve(self, ref: str):
+        """The cost curve of a level for dynamic methods: the spec's measured one, else measured once here."""
+        if ref in (*STATISTICAL, "oracle"):
+            return None
+        if ref not in self._curves:
+            from ..cascade.planning import CostCurve, measure
+
+            name = self.spec.target if ref == "target" and self.spec is not None else ref
+            known = (self.spec.costs or {}) if self.spec is not None else {}
+            model = self.target if ref == "target" else self.models[ref]
+            self._curves[ref] = CostCurve.from_json(known[name]) if name in known else measure(model)
+        return self._curves[ref]
 
     def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None,
             timing: str = "e2e") -> Outcome:

@@ -40,7 +40,7 @@ from typing import Sequence
 from ..cascade.config import KMatrix
 from ..drafters.maxgram import MaxGram
 from ..protocol import CSDraftingError
-from ..spec import MAXGRAM, CascadeSpec, split_ref
+from ..spec import MAXGRAM, STATISTICAL, CascadeSpec, split_ref
 from .llamacpp_bin import BIN_BASELINE, BIN_PEERS
 
 # what each family of methods is compared with, and which output it must reproduce exactly
@@ -178,7 +178,7 @@ def vertical_k(k: KMatrix | None, n_levels: int, spec_drafters: Sequence[str] = 
     unused: speculative decoding under a wrong name.
     """
     inc = k.increments() if k is not None else []
-    same = list(spec_drafters) if len(spec_drafters) == n_levels and spec_drafters[-1] == MAXGRAM else []
+    same = list(spec_drafters) if len(spec_drafters) == n_levels and spec_drafters[-1] in STATISTICAL else []
     rows = [[0] * n_levels for _ in range(n_levels)]
     for r in range(n_levels):
         v = inc[r][r] if same and r < len(inc) else 0
@@ -205,6 +205,7 @@ def build_methods(
     sd_drafters: Sequence[str] | None = None,
     calibrate: bool = True,
     grids: dict[str, Sequence[int]] | None = None,
+    also: Sequence[tuple[str, CascadeSpec]] = (),
 ) -> list[Method]:
     """The methods of a benchmark, baselines first (each family's baseline precedes its other methods).
 
@@ -212,7 +213,9 @@ def build_methods(
     engine method is). `sd_drafters` are the neural drafters that get a classic speculative decoding row
     (default: every neural drafter of the spec). `vertical` and `horizontal` need at least two drafters in
     the spec and are skipped (with a note in the returned list's descriptions) otherwise. `calibrate=False`
-    collapses every grid to its default point.
+    collapses every grid to its default point. `also` adds one engine row per (name, cascade config), run on
+    the same target (its drafters, K, lenience, Max-Gram length and dynamic flag; its cost curves and suffix
+    settings come from the bench's own spec).
     """
     grids = {**DEFAULT_GRIDS, **(grids or {})}
     unknown = set(methods) - set(ENGINE_METHODS)
@@ -222,10 +225,12 @@ def build_methods(
     if bad_peers:
         raise CSDraftingError(f"unknown peer(s) {sorted(bad_peers)}; choose from {list(PEERS)}")
     spec.validate()
-    neural = [d for d in spec.drafters if d != MAXGRAM]
+    neural = [d for d in spec.drafters if d not in STATISTICAL]
+    # the vertical row ends in the spec's own statistical level (Max-Gram when the spec has none)
+    bottom = spec.drafters[-1] if spec.drafters and spec.drafters[-1] in STATISTICAL else MAXGRAM
     sd_drafters = list(neural if sd_drafters is None else sd_drafters)
-    if MAXGRAM in sd_drafters:
-        raise CSDraftingError("Max-Gram alone is the method 'maxgram', not an sd drafter")
+    if set(STATISTICAL) & set(sd_drafters):
+        raise CSDraftingError("a statistical drafter alone is the method 'maxgram' (or an --also config), not an sd drafter")
 
     def tuned(kind: str) -> dict:
         grid = tuple(grids[kind]) if calibrate else ()
@@ -250,10 +255,10 @@ def build_methods(
         elif kind == "vertical":
             if not neural:
                 continue  # needs at least one neural drafter to review Max-Gram
-            chain = tuple(neural) + (MAXGRAM,)
+            chain = tuple(neural) + (bottom,)
             rows = vertical_k(cascade_k, len(chain), spec.drafters)
             out.append(Method("vertical", ENGINE, "vertical cascade only: each level reviews only the drafts of the "
-                              "level right below it, down to Max-Gram", drafters=chain, k=_cumulative(rows),
+                              f"level right below it, down to {bottom}", drafters=chain, k=_cumulative(rows),
                               lenience=spec.lenience, maxgram_length=spec.maxgram_length, from_spec=True))
         elif kind == "horizontal":
             if cascade_k is None or cascade_k.size < 2:
@@ -272,6 +277,14 @@ def build_methods(
         elif kind == "oracle":
             out.append(Method("oracle", ENGINE, "the target's own greedy output as a free k-token draft (ceiling)",
                               drafters=("oracle",), **tuned("oracle")))
+    for name, other in also:
+        other.validate()
+        if other.target != spec.target:
+            raise CSDraftingError(f"--also {name}: its target {other.target} is not the bench's target {spec.target}")
+        k = other.cascade_config().k
+        out.append(Method(f"cfg:{name}", ENGINE, f"config {name}: {other.describe()}", drafters=tuple(other.drafters),
+                          k=k.cumulative if k else None, lenience=other.lenience, maxgram_length=other.maxgram_length,
+                          config={"dynamic": other.dynamic}))
     if "llama-pld" in peers:
         out.append(Method("llama-plain", LLAMA, "llama-cpp-python Llama.generate, greedy, no draft model"))
         t = tuned("llama-pld")
