@@ -207,6 +207,8 @@ class LlamaCppModel:
         self.n_threads_batch = n_threads_batch or n_threads
         self.path = path
         self._tokens: list[int] = []
+        self._stamps: list[int] = []  # per cached position, the id of the extend() that wrote it
+        self._writes = 0
 
         n_vocab = int(_L.llama_vocab_n_tokens(self._vocab))
         self._n_vocab = n_vocab
@@ -252,6 +254,10 @@ class LlamaCppModel:
     def cached_tokens(self) -> Sequence[int]:
         return self._tokens
 
+    @property
+    def cache_stamps(self) -> Sequence[int]:
+        return self._stamps
+
     def begin(self, prompt: Sequence[int]) -> list[int]:
         return list(prompt)
 
@@ -269,6 +275,7 @@ class LlamaCppModel:
                 f"and {n} more were asked for: load it with a larger n_ctx, or shorten the prompt or max_new_tokens"
             )
         nv = self._n_vocab
+        self._writes += 1
         out = np.empty((n - logits_from, nv), dtype=np.float32)
         b = self._batch
         for start in range(0, n, self.n_batch):
@@ -298,6 +305,7 @@ class LlamaCppModel:
                 first = start + len(chunk) - n_out - logits_from
                 out[first : first + n_out] = rows
             self._tokens.extend(int(t) for t in chunk)
+            self._stamps.extend([self._writes] * len(chunk))
         return out
 
     def rollback(self, n: int) -> None:
@@ -307,6 +315,7 @@ class LlamaCppModel:
             if not _L.llama_memory_seq_rm(self._mem, 0, n, -1):
                 raise CSDraftingError(f"{self.info.label} cannot drop the tail of its cache (a recurrent model?)")
             del self._tokens[n:]
+            del self._stamps[n:]
 
     # ---------------------------------------------------------------------------------------------- lifetime
     def set_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:

@@ -22,7 +22,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from ..drafters.maxgram import MaxGram, common_prefix
-from ..protocol import CSDraftingError, LanguageModel, check_compatible
+from ..protocol import CSDraftingError, LanguageModel, cache_stamps, check_compatible
 from . import acceptance
 from .acceptance import Q
 from .config import CascadeConfig, SamplingConfig
@@ -65,33 +65,43 @@ class _ModelLevel:
     the row at the divergence point is reused instead of re-evaluating the token before it. When such a
     row is gone (it was never computed, or was forgotten), the cache rolls back one token further and
     recomputes it: always correct, at the price of one extra token in the batch.
+
+    The model instance may be shared (one model at two levels, or by two cascades), and then another
+    user may have rolled back and rewritten the cache since a row was kept. Each row is therefore kept
+    with the cache stamp of its position (protocol.LanguageModel.cache_stamps) and reused only while
+    that stamp is unchanged. A model without stamps gets no reuse across calls: its rows live for one
+    call only, which costs one extra token per review but cannot go stale.
     """
 
     def __init__(self, level: int, model: LanguageModel, kind: str) -> None:
         self.model = model
         self.prefix: list[int] = []
-        self.rows: dict[int, np.ndarray] = {}
+        self.rows: dict[int, tuple[int, np.ndarray]] = {}  # position -> (its cache stamp then, row)
         self.metrics = LevelMetrics(level, model.info.label, kind, model.info.n_params)
 
     def begin(self, prompt: Sequence[int]) -> None:
+        # kept rows need no filtering here: logits_after checks each against the cache's tokens and stamps
         self.prefix = list(self.model.begin(prompt))
-        keep = common_prefix(self.model.cached_tokens, self.prefix)
-        self.rows = {p: r for p, r in self.rows.items() if p < keep}
 
     def logits_after(self, generated: Sequence[int], start: int) -> np.ndarray:
         """Rows predicting generated[start], ..., generated[-1] and the token after: len - start + 1 rows."""
         seq = self.prefix + list(generated)
         first = len(self.prefix) + start - 1  # input position whose output predicts generated[start]
-        keep = common_prefix(self.model.cached_tokens, seq)
-        keep = min(keep, len(seq))
+        cached = self.model.cached_tokens
+        stamps = cache_stamps(self.model)
+        if stamps is None:
+            self.rows = {}
+        keep = min(common_prefix(cached, seq), len(seq))
+        rows = self.rows
         for pos in range(first, keep):
-            if pos not in self.rows:
+            kept = rows.get(pos)
+            if kept is None or kept[0] != stamps[pos]:
                 keep = pos
                 break
-        if keep < len(self.model.cached_tokens):
+        if keep < len(cached):
             self.model.rollback(keep)
-            for p in [p for p in self.rows if p >= keep]:
-                del self.rows[p]
+            for p in [p for p in rows if p >= keep]:
+                del rows[p]
         if keep < len(seq):
             new = seq[keep:]
             logits_from = max(0, first - keep)
@@ -100,9 +110,13 @@ class _ModelLevel:
             self.metrics.seconds += time.perf_counter() - t0
             self.metrics.forward_passes += 1
             self.metrics.tokens_evaluated += len(new)
+            at = keep + logits_from
+            stamps = cache_stamps(self.model)
             for i, row in enumerate(out):
-                self.rows[keep + logits_from + i] = row
-        return np.stack([self.rows[p] for p in range(first, len(seq))])
+                rows[at + i] = (stamps[at + i] if stamps is not None else 0, row)
+            if at == first:  # the new rows are exactly the ones asked for: no need to copy them again
+                return out
+        return np.stack([rows[p][1] for p in range(first, len(seq))])
 
     def forget_before(self, pos: int) -> None:
         """Drop rows the engine can no longer ask for (positions before the committed text)."""
