@@ -300,10 +300,10 @@ class LlamaCppModel:
                     + ("; the KV cache has no room: load the model with a larger n_ctx" if rc == 1 else "")
                 )
             if n_out:
-                # llama_get_logits holds the flagged rows contiguously, in batch order (llama.h)
-                rows = np.ctypeslib.as_array(_L.llama_get_logits(self._ctx), shape=(n_out, nv))
+                # llama_get_logits holds the flagged rows contiguously, in batch order (llama.h); one memcpy
+                # into our array (the buffer is overwritten by the next decode, and the engine keeps rows)
                 first = start + len(chunk) - n_out - logits_from
-                out[first : first + n_out] = rows
+                ctypes.memmove(out.ctypes.data + first * nv * 4, _L.llama_get_logits(self._ctx), n_out * nv * 4)
             self._tokens.extend(int(t) for t in chunk)
             self._stamps.extend([self._writes] * len(chunk))
         return out
