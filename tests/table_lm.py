@@ -17,11 +17,16 @@ class TableLM:
         self.info = ModelInfo(name=name, vocab_size=v, n_params=n_params,
                               eos_token_ids=frozenset() if eos is None else frozenset([eos]), precision="float64")
         self._tokens: list[int] = []
+        self._stamps: list[int] = []
         self.calls = 0
 
     @property
     def cached_tokens(self) -> Sequence[int]:
         return self._tokens
+
+    @property
+    def cache_stamps(self) -> Sequence[int]:
+        return self._stamps
 
     def begin(self, prompt):
         return list(prompt)
@@ -35,11 +40,13 @@ class TableLM:
         self.calls += 1
         start = len(self._tokens)
         self._tokens.extend(int(t) for t in tokens)
+        self._stamps.extend([self.calls] * len(tokens))
         return np.stack([self.logits_at(self._tokens, start + i) for i in range(logits_from, len(tokens))])
 
     def rollback(self, n):
         assert 0 <= n <= len(self._tokens)
         del self._tokens[n:]
+        del self._stamps[n:]
 
 
 def family(vocab: int = 5, seed: int = 0, noise=(0.6, 1.2), scale: float = 1.5, eos: int | None = 0):

@@ -51,6 +51,14 @@ class LanguageModel(Protocol):
     `begin(prompt)` prepares a new generation and returns the token sequence that precedes the first
     generated token in this model's cache: the prompt itself for a decoder-only model, the decoder start
     token for an encoder-decoder model (whose encoder consumes the prompt).
+
+    Optional, not part of the structural check: `cache_stamps`, a sequence parallel to `cached_tokens`
+    giving, for each cached position, the id of the write (the `extend` call, or the `begin` that
+    reset the cache) that put it there. Ids grow over the life of the instance and are never reused,
+    so a logits row computed at position i is still the row of the current cache exactly while
+    `cache_stamps[i]` is unchanged: anything that rewrote position i, or any position before it, had
+    to roll back past i first. The engine uses this to keep rows across calls safely when several
+    levels or cascades share one model instance; see `cache_stamps()`.
     """
 
     info: ModelInfo
@@ -78,6 +86,11 @@ class ArgmaxExtension(Protocol):
     """
 
     def extend_argmax(self, tokens: Sequence[int], logits_from: int = 0) -> np.ndarray: ...
+
+
+def cache_stamps(model: LanguageModel) -> Sequence[int] | None:
+    """The model's per-position write ids (see LanguageModel), or None if its backend keeps none."""
+    return getattr(model, "cache_stamps", None)
 
 
 class Tokenizer(Protocol):

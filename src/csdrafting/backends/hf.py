@@ -65,6 +65,8 @@ class _HFBase:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self._tokens: list[int] = []
+        self._stamps: list[int] = []  # per cached position, the id of the write that put it there
+        self._writes = 0
         self._cache = None
         cfg = model.config
         dtype = next(model.parameters()).dtype
@@ -101,6 +103,16 @@ class _HFBase:
     def cached_tokens(self) -> Sequence[int]:
         return self._tokens
 
+    @property
+    def cache_stamps(self) -> Sequence[int]:
+        return self._stamps
+
+    def _written(self, tokens: Sequence[int]) -> None:
+        """Record tokens just appended to the cache under a fresh write id."""
+        self._writes += 1
+        self._tokens.extend(int(t) for t in tokens)
+        self._stamps.extend([self._writes] * len(tokens))
+
     def rollback(self, n: int) -> None:
         if n < 0 or n > len(self._tokens):
             raise CSDraftingError(f"cannot roll back to {n} tokens: the cache holds {len(self._tokens)}")
@@ -108,6 +120,7 @@ class _HFBase:
         if drop and self._cache is not None:
             self._cache.crop(-drop)
         del self._tokens[n:]
+        del self._stamps[n:]
 
 
 class HFCausalLM(_HFBase):
@@ -128,7 +141,7 @@ class HFCausalLM(_HFBase):
 
             self._cache = DynamicCache(config=self.model.config)
         out = self.model(input_ids=self._ids(tokens), cache=self._cache, use_cache=True, logits_to_keep=len(tokens) - logits_from)
-        self._tokens.extend(int(t) for t in tokens)
+        self._written(tokens)
         return out.logits[0]
 
     @classmethod
@@ -167,7 +180,7 @@ class HFSeq2SeqLM(_HFBase):
         if prompt != self._prompt:
             self._encoder_out = self.model.get_encoder()(input_ids=self._ids(prompt))
             self._prompt = prompt
-            self._tokens, self._cache = [], None
+            self._tokens, self._stamps, self._cache = [], [], None
         return [self.decoder_start]
 
     def _forward(self, tokens: Sequence[int], logits_from: int) -> torch.Tensor:
@@ -178,7 +191,7 @@ class HFSeq2SeqLM(_HFBase):
 
             self._cache = EncoderDecoderCache(DynamicCache(config=self.model.config), DynamicCache(config=self.model.config))
         out = self.model(encoder_outputs=self._encoder_out, decoder_input_ids=self._ids(tokens), cache=self._cache, use_cache=True)
-        self._tokens.extend(int(t) for t in tokens)
+        self._written(tokens)
         return out.logits[0, logits_from:]
 
     @classmethod

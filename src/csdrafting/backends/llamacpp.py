@@ -224,6 +224,8 @@ class LlamaCppModel:
         self.n_threads_batch = n_threads_batch or n_threads
         self.path = path
         self._tokens: list[int] = []
+        self._stamps: list[int] = []  # per cached position, the id of the extend() that wrote it
+        self._writes = 0
 
         n_vocab = int(_L.llama_vocab_n_tokens(self._vocab))
         self._n_vocab = n_vocab
@@ -270,6 +272,10 @@ class LlamaCppModel:
     def cached_tokens(self) -> Sequence[int]:
         return self._tokens
 
+    @property
+    def cache_stamps(self) -> Sequence[int]:
+        return self._stamps
+
     def begin(self, prompt: Sequence[int]) -> list[int]:
         return list(prompt)
 
@@ -287,6 +293,7 @@ class LlamaCppModel:
                 f"and {n} more were asked for: load it with a larger n_ctx, or shorten the prompt or max_new_tokens"
             )
         nv = self._n_vocab
+        self._writes += 1
         out = np.empty((n - logits_from, nv), dtype=np.float32)
         b = self._batch
         for start in range(0, n, self.n_batch):
@@ -311,11 +318,12 @@ class LlamaCppModel:
                     + ("; the KV cache has no room: load the model with a larger n_ctx" if rc == 1 else "")
                 )
             if n_out:
-                # llama_get_logits holds the flagged rows contiguously, in batch order (llama.h)
-                rows = np.ctypeslib.as_array(_L.llama_get_logits(self._ctx), shape=(n_out, nv))
+                # llama_get_logits holds the flagged rows contiguously, in batch order (llama.h); one memcpy
+                # into our array (the buffer is overwritten by the next decode, and the engine keeps rows)
                 first = start + len(chunk) - n_out - logits_from
-                out[first : first + n_out] = rows
+                ctypes.memmove(out.ctypes.data + first * nv * 4, _L.llama_get_logits(self._ctx), n_out * nv * 4)
             self._tokens.extend(int(t) for t in chunk)
+            self._stamps.extend([self._writes] * len(chunk))
         return out
 
     def rollback(self, n: int) -> None:
@@ -325,6 +333,7 @@ class LlamaCppModel:
             if not _L.llama_memory_seq_rm(self._mem, 0, n, -1):
                 raise CSDraftingError(f"{self.info.label} cannot drop the tail of its cache (a recurrent model?)")
             del self._tokens[n:]
+            del self._stamps[n:]
 
     # ---------------------------------------------------------------------------------------------- lifetime
     def set_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:

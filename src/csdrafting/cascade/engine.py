@@ -28,7 +28,7 @@ import numpy as np
 
 from ..drafters.base import StatisticalDrafter
 from ..drafters.maxgram import common_prefix
-from ..protocol import ArgmaxExtension, CSDraftingError, LanguageModel, check_compatible
+from ..protocol import ArgmaxExtension, CSDraftingError, LanguageModel, cache_stamps, check_compatible
 from . import acceptance
 from .acceptance import Q
 from .config import CascadeConfig, SamplingConfig
@@ -90,38 +90,48 @@ class _ModelLevel:
     the row at the divergence point is reused instead of re-evaluating the token before it. When such a
     row is gone (it was never computed, or was forgotten), the cache rolls back one token further and
     recomputes it: always correct, at the price of one extra token in the batch.
+
+    The model instance may be shared (one model at two levels, or by two cascades), and then another
+    user may have rolled back and rewritten the cache since a row was kept. Each row is therefore kept
+    with the cache stamp of its position (protocol.LanguageModel.cache_stamps) and reused only while
+    that stamp is unchanged. A model without stamps gets no reuse across calls: its rows live for one
+    call only, which costs one extra token per review but cannot go stale.
+
+    Under strict greedy decoding only each row's argmax is needed (`top_only`); a model with
+    `extend_argmax` then keeps its rows on its device and only the id is kept here.
     """
 
     def __init__(self, level: int, model: LanguageModel, kind: str) -> None:
         self.model = model
         self.prefix: list[int] = []
-        self.rows: dict[int, np.ndarray] = {}
+        # position -> (its cache stamp then, full row or argmax id)
+        self.rows: dict[int, tuple[int, np.ndarray | int]] = {}
         self.metrics = LevelMetrics(level, model.info.label, kind, model.info.n_params)
 
     def begin(self, prompt: Sequence[int]) -> None:
+        # kept rows need no filtering here: logits_after checks each against the cache's tokens and stamps
         self.prefix = list(self.model.begin(prompt))
-        keep = common_prefix(self.model.cached_tokens, self.prefix)
-        self.rows = {p: r for p, r in self.rows.items() if p < keep}
 
     def logits_after(self, generated: Sequence[int], start: int, top_only: bool = False) -> np.ndarray:
-        """Rows predicting generated[start], ..., generated[-1] and the token after: len - start + 1 rows.
-
-        top_only: only each row's argmax id is wanted (strict greedy review); a model with `extend_argmax`
-        then keeps its rows on its device, and only the id is stored here.
-        """
+        """Rows predicting generated[start], ..., generated[-1] and the token after: len - start + 1 rows
+        (with top_only, only their argmax ids)."""
         seq = self.prefix + list(generated)
         first = len(self.prefix) + start - 1  # input position whose output predicts generated[start]
-        keep = common_prefix(self.model.cached_tokens, seq)
-        keep = min(keep, len(seq))
+        cached = self.model.cached_tokens
+        stamps = cache_stamps(self.model)
+        if stamps is None:
+            self.rows = {}
+        keep = min(common_prefix(cached, seq), len(seq))
+        rows = self.rows
         for pos in range(first, keep):
-            row = self.rows.get(pos)
-            if row is None or not (top_only or isinstance(row, np.ndarray)):
+            kept = rows.get(pos)
+            if kept is None or kept[0] != stamps[pos] or not (top_only or isinstance(kept[1], np.ndarray)):
                 keep = pos
                 break
-        if keep < len(self.model.cached_tokens):
+        if keep < len(cached):
             self.model.rollback(keep)
-            for p in [p for p in self.rows if p >= keep]:
-                del self.rows[p]
+            for p in [p for p in rows if p >= keep]:
+                del rows[p]
         if keep < len(seq):
             new = seq[keep:]
             logits_from = max(0, first - keep)
@@ -134,12 +144,16 @@ class _ModelLevel:
             self.metrics.seconds += time.perf_counter() - t0
             self.metrics.forward_passes += 1
             self.metrics.tokens_evaluated += len(new)
+            at = keep + logits_from
+            stamps = cache_stamps(self.model)
             for i, row in enumerate(out):
-                self.rows[keep + logits_from + i] = int(row) if ids_only else row
-        rows = [self.rows[p] for p in range(first, len(seq))]
+                rows[at + i] = (stamps[at + i] if stamps is not None else 0, int(row) if ids_only else row)
+            if at == first and not top_only:  # the new rows are exactly the ones asked for: no need to copy
+                return out
+        got = [rows[p][1] for p in range(first, len(seq))]
         if top_only:
-            return np.array([r if isinstance(r, int) else int(np.argmax(r)) for r in rows], dtype=np.int64)
-        return np.stack(rows)
+            return np.array([r if isinstance(r, int) else int(np.argmax(r)) for r in got], dtype=np.int64)
+        return np.stack(got)
 
     def forget_before(self, pos: int) -> None:
         """Drop rows the engine can no longer ask for (positions before the committed text)."""
