@@ -175,9 +175,10 @@ PLACEMENT_DEFAULTS: dict[str, Any] = {"device": "cpu", "dtype": "float32", "devi
 # confident suffix drafter below it, drafting cost-aware up to 16 tokens (README, "Choosing the default").
 # At this precision every model here is compute-bound on a CPU (reviewing k tokens costs about k/2
 # passes), so a neural drafter cannot pay and only a near-free level that drafts when it is confident
-# can. The target's cost curve (seconds of one pass over n new tokens) was measured on a quiet 2-core
-# x86-64 machine of the kind this project runs on (shared/reference/environment.md); only its shape
-# matters to the planner. `csdrafting tune` measures it again, and re-decides the cascade, per machine.
+# can. The target's cost curve (seconds of one pass over n new tokens) is measured on this machine when
+# the cascade is built (a few seconds): its shape differs between machines of the same kind (2 tokens cost
+# 1.5x one token on one, 1.7x on another), and a curve from another machine makes the planner over-draft.
+# `csdrafting tune` measures it more thoroughly, and re-decides the cascade, per machine.
 DEFAULT_TARGET = "qwen2.5-coder-1.5b:Q4_K_M"
 DEFAULT_SPEC = CascadeSpec(
     target=DEFAULT_TARGET,
@@ -186,7 +187,6 @@ DEFAULT_SPEC = CascadeSpec(
     k_spelling="cumulative",
     lenience=1.0,
     dynamic=True,
-    costs={DEFAULT_TARGET: {"ns": [1, 2, 4, 8, 12, 16], "seconds": [0.086, 0.132, 0.170, 0.348, 0.477, 0.477]}},
     note="built-in default (measured fastest at the shipped precision on 2-core x86-64 CPUs; see README)",
 )
 
