@@ -66,20 +66,10 @@ def exact_distribution(target: table_lm.TableLM, cfg: SamplingConfig) -> dict[tu
 
 def chi_square_pvalue(counts: dict[tuple, int], exact: dict[tuple, float], n: int) -> float:
     assert set(counts) <= set(exact), f"impossible outputs: {set(counts) - set(exact)}"
-    keys = sorted(exact, key=lambda k: exact[k])
-    obs, exp = [], []
-    pool_o = pool_e = 0.0
-    for k in keys:  # pool the rarest outcomes until each cell expects at least 5
-        pool_o += counts.get(k, 0)
-        pool_e += exact[k] * n
-        if pool_e >= 5:
-            obs.append(pool_o)
-            exp.append(pool_e)
-            pool_o = pool_e = 0.0
-    if pool_e > 0:
-        obs[-1] += pool_o
-        exp[-1] += pool_e
-    return float(stats.chisquare(obs, exp).pvalue)
+    keys = list(exact)
+    obs = np.array([counts.get(k, 0) for k in keys], dtype=float)
+    exp = np.array([exact[k] * n for k in keys])
+    return _pooled_chisquare(obs, exp)  # pools the rarest outcomes until each cell expects at least 5
 
 
 def run_cascade(drafters_fn, k, lenience, cfg: SamplingConfig, n: int = N_RUNS) -> dict[tuple, int]:

@@ -167,7 +167,7 @@ class Calibration:
     def load(cls, path: str | Path) -> "Calibration":
         path = Path(path)
         if not path.is_file():
-            raise CSDraftingError(f"calibration file {path} does not exist; run `csdrafting tune` to make one")
+            raise CSDraftingError(f"calibration file {path} does not exist; make one with `csdrafting calibrate --out {path}` (or `csdrafting tune`)")
         try:
             return cls.from_json(json.loads(path.read_text()))
         except json.JSONDecodeError as exc:
