@@ -36,7 +36,7 @@ from csdrafting.cascade.config import SamplingConfig
 from csdrafting.cascade.sampling import softmax, warp
 
 ALPHA = 1e-3
-N_RUNS = 20_000
+N_RUNS = 60_000
 N_NEW = 3
 PROMPT = [1, 2, 3, 1, 2]
 
@@ -139,13 +139,11 @@ def test_broken_variant_is_rejected(monkeypatch):
 
 
 def test_power_is_known():
-    """With N_RUNS samples over <= 156 cells, the test detects a deviation of Cohen's w = 0.07 (total
-    variation around 0.035) with probability above 0.9 at false-alarm rate 1e-3. (It was sized for w = 0.04
-    with 60,000 runs; the long-text tests below took that CPU time, and the broken variants deviate by far
-    more than either.)"""
+    """With N_RUNS samples over <= 156 cells, the test detects a deviation of Cohen's w = 0.04 (total
+    variation around 0.02) with probability above 0.9 at false-alarm rate 1e-3."""
     df = 155
     crit = stats.chi2.ppf(1 - ALPHA, df)
-    power = stats.ncx2.sf(crit, df, N_RUNS * 0.07**2)
+    power = stats.ncx2.sf(crit, df, N_RUNS * 0.04**2)
     assert power > 0.9, power
 
 
