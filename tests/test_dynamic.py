@@ -291,6 +291,7 @@ def test_calibration_texts_resume_from_their_cache(tmp_path):
     assert all(len(out) == 12 for _, out in first)
     cal = calibrate(t, {"a": prompts[:1], "b": prompts[1:]}, 12, progress=False, cache=cache)
     assert t.calls == calls and set(cal.meta["per_dataset"]) == {"a", "b"}
+    assert cal.meta["tree_headroom"]["positions"] == 24
     assert sum(v[1] for v in cal.counts.values()) == sum(sum(v[1] for v in c.values()) for c in cal.meta["per_dataset"].values())
     head = tree_headroom(first)
     assert head["positions"] == 24 and head["first_right"] <= head["matched"] <= 24

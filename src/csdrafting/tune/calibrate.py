@@ -62,11 +62,14 @@ def calibrate(
     progress: bool = True,
     cache: Path | None = None,
 ) -> Calibration:
-    """One Calibration merged over datasets; meta['per_dataset'] keeps each dataset's counts."""
+    """One Calibration merged over datasets; meta['per_dataset'] keeps each dataset's counts and
+    meta['tree_headroom'] what a two-way tree could add on the same texts."""
     total = Calibration()
     per: dict[str, dict] = {}
+    every: list[tuple[list[int], list[int]]] = []
     for name, prompts in prompts_by_dataset.items():
         texts = reference_texts(target, prompts, max_new, progress, cache)
+        every += texts
         cal = make_drafter().calibrate(texts)
         per[name] = cal.counts
         total = total.merge(cal)
@@ -77,6 +80,7 @@ def calibrate(
         "per_dataset": per,
         "made": time.strftime("%Y-%m-%d"),
         "note": "calibration-split prompts only; acceptance = the proposal equals the target's greedy next token",
+        "tree_headroom": tree_headroom(every),
     }
     return total
 
@@ -156,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     # calibrate the drafter as the built-in cascade runs it: with the packaged bigram fallback
     cal = calibrate(target, prompts, args.max_new_tokens, make_drafter=lambda: SuffixDrafter(bigram=table),
                     cache=Path(args.texts))
-    texts = reference_texts(target, [p for ps in prompts.values() for p in ps], args.max_new_tokens, False, Path(args.texts))
-    cal.meta["tree_headroom"] = tree_headroom(texts)
     cal.save(args.out)
     report(cal)
     print(f"tree headroom (two-way tree at the first position): {cal.meta['tree_headroom']}")
