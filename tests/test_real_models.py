@@ -8,6 +8,7 @@ from csdrafting import Cascade, CascadeConfig, MaxGram
 from csdrafting.drafters.corpus import load_default_qwen_bigram
 from csdrafting.exactness import TIE, examine, noise_threshold
 from csdrafting.bench.datasets import load
+from csdrafting.cascade.planning import CostCurve
 from csdrafting.spec import DEFAULT_SPEC, build, load_model
 from csdrafting.text import encode
 
@@ -20,21 +21,34 @@ def default_cascade():
     return target, drafters, config
 
 
+# A review curve shaped like a memory-bound target (the F32 tier, or a GPU): a few more tokens cost little
+# more than one. Under it cost-aware drafting drafts whenever it is confident, whatever this machine's own
+# measured curve says, so the tests below exercise the dynamic drafting paths on every machine.
+MEMORY_BOUND = CostCurve((1, 2, 4, 8, 16, 24), (0.30, 0.30, 0.32, 0.36, 0.45, 0.55))
+CHEAP_DRAFTER = CostCurve((1, 2, 4, 8, 16, 24), (0.03, 0.035, 0.04, 0.05, 0.07, 0.09))
+
+
 def test_default_cascade_is_exact_on_humaneval(default_cascade, qwen05_gguf):
-    """The default cascade (the suffix drafter, cost-aware, on the shipped Q4_K_M target), a dynamic
-    0.5B reviewing the suffix drafter, and the paper's vertical + horizontal cascade with lenience reproduce
-    plain greedy decoding of the same target token for token."""
+    """The default cascade (the suffix drafter, cost-aware, on the shipped Q4_K_M target), the same drafter
+    and a dynamic 0.5B reviewing it under a memory-bound review curve, and the paper's vertical + horizontal
+    cascade with lenience reproduce plain greedy decoding of the same target token for token.
+
+    The default prices drafts with the target's cost curve measured on this machine; on 2 busy cores it may
+    rightly draft (almost) nothing, so only its exactness is asserted. The other three must really draft.
+    """
     from csdrafting.backends.llamacpp import LlamaCppModel
-    from csdrafting.cascade.planning import measure
     from csdrafting.drafters.suffix import SuffixDrafter, default_calibration
 
     target, drafters, config = default_cascade
     small = LlamaCppModel(qwen05_gguf, n_threads=2, n_ctx=4096, name="qwen2.5-coder-0.5b")
     cal = default_calibration()
-    dynamic = CascadeConfig.make([[8, 12], [0, 6]], dynamic=True, costs=[config.costs[0], measure(small), None])
     engines = {
         "default": Cascade(target, drafters, config),
-        "0.5B reviewing the suffix drafter, cost-aware": Cascade(target, [small, SuffixDrafter(cal)], dynamic),
+        "suffix drafter, cost-aware, memory-bound review": Cascade(
+            target, [SuffixDrafter(cal)], CascadeConfig.make([[16]], dynamic=True, costs=[MEMORY_BOUND, None])),
+        "0.5B reviewing the suffix drafter, cost-aware, memory-bound review": Cascade(
+            target, [small, SuffixDrafter(cal)],
+            CascadeConfig.make([[8, 12], [0, 6]], dynamic=True, costs=[MEMORY_BOUND, CHEAP_DRAFTER, None])),
         "0.5B reviewing Max-Gram, horizontal, lenience 2": Cascade(
             target, [small, MaxGram(load_default_qwen_bigram())], CascadeConfig.make([[6, 10], [0, 2]], lenience=2)),
     }
@@ -52,7 +66,8 @@ def test_default_cascade_is_exact_on_humaneval(default_cascade, qwen05_gguf):
                 d = examine(target, ids, want, got.tokens, noise_threshold(target))
                 assert d.verdict == TIE, f"{pr.id}, {name}: {d.describe()}"
             accepted[name] += sum(lv.accepted for lv in got.metrics.levels[1:])
-    assert all(a > 0 for a in accepted.values()), accepted  # the drafters were really used
+    del accepted["default"]
+    assert all(a > 0 for a in accepted.values()), accepted  # the drafting paths were really exercised
 
 
 def test_backends_agree_on_greedy_tokens(qwen05_gguf):
