@@ -36,7 +36,7 @@ from csdrafting.bench.runner import (
     execute,
     plan,
 )
-from csdrafting.bench.summary import aggregate, exactness_failures, goal_lines, render_markdown, write_summary
+from csdrafting.bench.summary import aggregate, exactness_failures, headline_lines, render_markdown, write_summary
 from csdrafting.cascade.config import CascadeConfig, KMatrix
 from csdrafting.cascade.engine import Cascade
 from csdrafting.drafters.maxgram import MaxGram
@@ -449,9 +449,13 @@ def test_summary_math_on_synthetic_records(tmp_path):
     assert (pld.vs_plain_matches, pld.vs_plain_compared) == (2, 3)
     assert rows[("all", "csd")].n == 3
     assert [r.method for r in exactness_failures(list(rows.values()))] == ["csd"]
-    goal = goal_lines(list(rows.values()))
-    assert "ratio 1.25" in goal[0] and "NOT reached" in goal[0] and "above it" in goal[0]
-    md = render_markdown(list(rows.values()), {"suite": "test"})
+    head = headline_lines(list(rows.values()), _synthetic())
+    assert len(head) == 1 and "fastest: **csd**, 1.50x over plain (worst prompt 1.00x, 3 prompts)" in head[0]
+    # csd / sd per prompt: 15/12, 20/24, 90/36; csd / llama-pld (the faster peer): 15/11, 20/11, 90/11
+    assert "best cascade **csd** over best single-level speculative decoding **sd:d**: 1.25x" in head[0]
+    assert "fastest other program **llama-pld**: 1.82x" in head[0]
+    md = render_markdown(list(rows.values()), {"suite": "test"}, records=_synthetic())
+    assert "## Headline" in md
     assert "EXACTNESS MISMATCHES" in md and "| csd |" in md and "| 2 / 0 / 1 ⚠️ |" in md
     assert "| 2 / 1 / 0 |" in md and "| 2 / 0 / 0 + 1 div |" in md
     path, _ = write_summary(_synthetic(), tmp_path, {"suite": "test"})

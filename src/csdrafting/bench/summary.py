@@ -175,13 +175,18 @@ def aggregate(records: Iterable[dict], order: Sequence[str] | None = None) -> li
     return rows
 
 
-def paired_ratio(records: Iterable[dict], dataset: str, method: str, other: str) -> tuple[float | None, int]:
-    """Median over the eval prompts both ran of tokens/s(method) / tokens/s(other), and how many prompts."""
+def paired_ratios(records: Iterable[dict], dataset: str, method: str, other: str) -> list[float]:
+    """Per eval prompt that both ran: tokens/s(method) / tokens/s(other)."""
     by: dict[str, dict[str, float]] = {}
     for r in records:
         if r.get("phase") == EVAL and r["dataset"] == dataset and r["method"] in (method, other):
             by.setdefault(r["prompt_id"], {})[r["method"]] = r["tokens_per_second"]
-    ratios = [v[method] / v[other] for v in by.values() if method in v and other in v and v[other] > 0]
+    return [v[method] / v[other] for v in by.values() if method in v and other in v and v[other] > 0]
+
+
+def paired_ratio(records: Iterable[dict], dataset: str, method: str, other: str) -> tuple[float | None, int]:
+    """Median over the eval prompts both ran of tokens/s(method) / tokens/s(other), and how many prompts."""
+    ratios = paired_ratios(records, dataset, method, other)
     return _median(ratios), len(ratios)
 
 
@@ -236,30 +241,40 @@ def _pos_cell(cells: list[tuple[int, int]], n: int = 8) -> str:
     return " ".join(_fmt(100 * ok / rev if rev else None, ".0f") for rev, ok in cells[:n])
 
 
-def goal_lines(rows: Sequence[Row]) -> list[str]:
-    """The issue's goal, stated per dataset, reached or not."""
+def _drafting_levels(records: Sequence[dict], dataset: str, method: str) -> int:
+    """How many drafting levels (neural or statistical) a method's eval records ran with."""
+    return max((len(r["metrics"]["levels"]) - 1 for r in records
+                if r.get("phase") == EVAL and r["dataset"] == dataset and r["method"] == method), default=0)
+
+
+def headline_lines(rows: Sequence[Row], records: Sequence[dict]) -> list[str]:
+    """Per dataset, the questions a user asks, each answered with paired per-prompt medians of this run:
+    the fastest engine method against plain decoding (and its worst prompt); the best cascade of two or
+    more drafting levels against the best single-level speculative decoding; the fastest engine method
+    against the fastest of the other programs measured (llama.cpp's own plain and speculative modes)."""
     out = []
-    for ds in ("humaneval", "mmlu"):
+    for ds in dict.fromkeys(r.dataset for r in rows if r.dataset != ALL):
         get = {r.method: r for r in rows if r.dataset == ds}
-        csd = get.get("csd")
-        sds = [r for m, r in get.items() if m.startswith("sd:") and r.speedup_median is not None]
-        if csd is None or csd.speedup_median is None or not sds:
-            out.append(f"- **{ds}**: not measured (needs csd and at least one sd method)")
+        engine = [m for m, r in get.items() if r.family == "engine" and not r.is_baseline and r.speedup_median is not None]
+        if not engine:
             continue
-        best = max(sds, key=lambda r: r.speedup_median)
-        ratio = csd.speedup_median / best.speedup_median
-        line = (f"- **{ds}**: CS Drafting {csd.speedup_median:.2f}x vs best speculative decoding "
-                f"({best.method}, {best.speedup_median:.2f}x): ratio {ratio:.2f} — "
-                f"{'reached' if ratio >= 1.3 else 'NOT reached'} (goal ≥ 1.3)")
-        pld = get.get("llama-pld")
-        if pld is not None and pld.speedup_median is not None:
-            ok = csd.speedup_median > pld.speedup_median
-            line += (f"; llama.cpp prompt lookup {pld.speedup_median:.2f}x — "
-                     f"{'above it' if ok else 'NOT above it'}")
-        oracle = get.get("oracle")
-        if oracle is not None and oracle.speedup_median is not None:
-            line += f"; oracle ceiling {oracle.speedup_median:.2f}x"
-        out.append(line)
+        best = max(engine, key=lambda m: get[m].speedup_median)
+        vs_plain = paired_ratios(records, ds, best, get[best].baseline)
+        parts = [f"fastest: **{best}**, {get[best].speedup_median:.2f}x over {get[best].baseline} "
+                 f"(worst prompt {_fmt(min(vs_plain, default=None), '.2f', 'x')}, {len(vs_plain)} prompts)"]
+        cascades = [m for m in engine if _drafting_levels(records, ds, m) >= 2]
+        singles = [m for m in engine if _drafting_levels(records, ds, m) == 1]
+        if cascades and singles:
+            c = max(cascades, key=lambda m: get[m].speedup_median)
+            s = max(singles, key=lambda m: get[m].speedup_median)
+            parts.append(f"best cascade **{c}** over best single-level speculative decoding **{s}**: "
+                         f"{_fmt(_median(paired_ratios(records, ds, c, s)), '.2f', 'x')}")
+        peers = [m for m, r in get.items() if r.family != "engine"]
+        if peers:
+            fastest = max(peers, key=lambda m: get[m].tps_median)
+            parts.append(f"{best} over the fastest other program **{fastest}**: "
+                         f"{_fmt(_median(paired_ratios(records, ds, best, fastest)), '.2f', 'x')}")
+        out.append(f"- **{ds}**: " + "; ".join(parts))
     return out
 
 
@@ -289,10 +304,9 @@ def render_markdown(rows: Sequence[Row], meta: dict, choices: dict | None = None
         for text in other_failures:
             lines.append(f"- **{text}**: mismatched its baseline")
         lines.append("")
-    goal = goal_lines(rows)
-    if goal:
-        lines += ["## Goal (issue 4): CS Drafting ≥ 1.3x the best speculative decoding's speedup, above llama.cpp prompt lookup", ""]
-        lines += goal + [""]
+    head = headline_lines(rows, records)
+    if head:
+        lines += ["## Headline (paired per-prompt ratios, medians, same run)", ""] + head + [""]
     lines += [
         "## Results",
         "",
