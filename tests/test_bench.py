@@ -596,7 +596,7 @@ def test_also_configs_and_the_suffix_drafter_run_as_bench_rows(tmp_path):
         p.write_bytes(b"")
     spec = CascadeSpec(target=str(paths["T"]), drafters=["suffix"], k=[[6]], dynamic=True, suffix_calibration=None)
     other = CascadeSpec(target=str(paths["T"]), drafters=[str(paths["D"]), "suffix"], k=[[4, 8], [0, 0]], dynamic=True,
-                        suffix_calibration=None)
+                        suffix_calibration=None, suffix_persist=False)
     methods = build_methods(spec, ["plain", "csd", "vertical", "sd"], also=[("dyn-horizontal", other)], calibrate=False)
     names = [m.name for m in methods]
     assert names[:2] == ["plain", "csd"] and "cfg:dyn-horizontal" in names and "vertical" not in names  # no neural drafter
@@ -609,7 +609,14 @@ def test_also_configs_and_the_suffix_drafter_run_as_bench_rows(tmp_path):
         params = m.resolve()
         out = ex.run(m, params, prompt, 20, want)
         assert out.tokens == want, m.name
-    cfg = ex.cascade(next(m for m in methods if m.name == "cfg:dyn-horizontal").resolve()).config
+    also_row = next(m for m in methods if m.name == "cfg:dyn-horizontal")
+    cfg = ex.cascade(also_row.resolve(), also_row.name).config
     assert cfg.dynamic and len(cfg.costs) == 3 and cfg.costs[2] is None and cfg.costs[0] is not None
+    # the --also row's own suffix settings (no store); the spec's csd row keeps its store across runs, its own
+    assert ex.cascade(also_row.resolve(), also_row.name).levels[2].store is None
+    csd = next(m for m in methods if m.name == "csd")
+    d1_, d2_ = (ex.cascade(csd.resolve(), csd.name).levels[1] for _ in range(2))
+    assert d1_ is d2_ and d1_.store is not None and len(d1_.store.text) > 0  # it stored the csd run's output
+    assert ex.cascade(csd.resolve(), "another method").levels[1] is not d1_
     with pytest.raises(CSDraftingError, match="not the bench's target"):
         build_methods(spec, ["plain"], also=[("x", CascadeSpec(target=str(paths["D"])))])

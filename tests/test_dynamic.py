@@ -152,6 +152,28 @@ def test_suffix_store_persists_across_requests():
     assert SuffixDrafter(persist=False).propose([7, 40, 41], 2) == []
 
 
+def test_suffix_store_stays_bounded():
+    """Past store_max_tokens the oldest half of the stored outputs is forgotten, the newest kept."""
+    d = SuffixDrafter(persist=True, store_max_tokens=10)
+    for i in range(5):  # five outputs of 4 tokens: 100+i, 200+i, 300+i, 400+i
+        d.begin([1])
+        d.end([1, 100 + i, 200 + i, 300 + i, 400 + i])
+    assert sum(len(o) for o in d._stored) <= 10 and len(d.store.text) == 4
+    assert d.propose([9, 100 + 4, 200 + 4], 2) == [300 + 4, 400 + 4]  # the newest output is still there
+    assert d.propose([9, 100, 200], 2) == []  # the oldest was forgotten
+    with pytest.raises(CSDraftingError):
+        SuffixDrafter(persist=True, store_max_tokens=0)
+
+
+def test_unmeasured_source_is_not_trusted():
+    """A calibration made without the store (or a bigram table) gives that source confidence 0, so a
+    cost-aware cascade never pays a review for it; measured sources keep their shrunk rates."""
+    cal = _calibration()
+    assert cal.rate("store:3:once") == 0.0 and cal.rate("store:10+:all") == 0.0
+    assert cal.rate("req:3:once") == pytest.approx(0.9, abs=0.01)
+    assert 0.0 < cal.rate("req:10+:split") < 1.0  # an unseen bucket of a measured source: the source's pool
+
+
 def test_calibration_counts_acceptance_per_bucket():
     d = SuffixDrafter()
     prompt, out = [5, 6, 7, 8], [5, 6, 7, 9, 5, 6]

@@ -47,11 +47,13 @@ class CascadeSpec:
     dynamic: bool = False  # cost-aware drafting; K is then a cap
     costs: dict[str, dict] | None = None  # model ref -> CostCurve JSON (measured), for dynamic drafting
     # the suffix drafter: calibration ("default": packaged, measured with the default target; a path;
-    # None: no confidences), longest context, min-hits gate, store of earlier outputs across requests
+    # None: no confidences), longest context, min-hits gate, store of earlier outputs across requests (on:
+    # its proposals were accepted 66% / 61% of the time on HumanEval / MMLU where the bigram guess it
+    # replaces was accepted 21% / 19%; see README "Choosing the default cascade")
     suffix_calibration: str | None = "default"
     suffix_max_ngram: int = 12
     suffix_min_count: int = 1
-    suffix_persist: bool = False
+    suffix_persist: bool = True
     note: str = ""  # free text: where the spec came from (e.g. the tuner's prediction)
     device: str = "cpu"  # hf backend: cpu, cuda, cuda:N, mps, auto (accelerate's device map)
     dtype: str = "float32"  # hf backend: float32, bfloat16, float16
@@ -180,6 +182,9 @@ PLACEMENT_DEFAULTS: dict[str, Any] = {"device": "cpu", "dtype": "float32", "devi
 # 1.5x one token on one, 1.7x on another), and a curve from another machine makes the planner over-draft.
 # `csdrafting tune` measures it more thoroughly, and re-decides the cascade, per machine.
 DEFAULT_TARGET = "qwen2.5-coder-1.5b:Q4_K_M"
+# the CascadeSpec fields that configure statistical drafters (spec.statistical_drafter reads them)
+STATISTICAL_FIELDS = ("bigram", "suffix_calibration", "suffix_max_ngram", "suffix_min_count", "suffix_persist")
+
 DEFAULT_SPEC = CascadeSpec(
     target=DEFAULT_TARGET,
     drafters=[SUFFIX],

@@ -86,6 +86,7 @@ class EngineExecutor:
         self.spec = spec
         self.oracle = Oracle()
         self._curves: dict[str, object] = {}
+        self._stores: dict[tuple[str, str], object] = {}  # (method, ref) -> a statistical drafter with a store
 
     @classmethod
     def from_spec(cls, spec: CascadeSpec, methods: Sequence[Method], progress: bool = True) -> "EngineExecutor":
@@ -111,7 +112,10 @@ class EngineExecutor:
         for model in [self.target, *self.models.values()]:
             Cascade(model, []).generate(ids, WARMUP_TOKENS)
 
-    def cascade(self, params: dict) -> Cascade:
+    def cascade(self, params: dict, method: str = "") -> Cascade:
+        """The engine for one run. A statistical drafter with a cross-request store is kept per (method,
+        drafter) across runs, as one server process keeps it across requests; each method has its own, so no
+        method sees another's output of the same prompt."""
         drafters = []
         for ref in params["drafters"]:
             if ref == MAXGRAM:
@@ -121,7 +125,13 @@ class EngineExecutor:
             elif ref in STATISTICAL:
                 if self.spec is None:
                     raise CSDraftingError(f"the {ref} drafter needs the bench's cascade spec for its settings")
-                drafters.append(statistical_drafter(self.spec, ref, self.target.info.vocab_size))
+                spec = dataclasses.replace(self.spec, **params.get("statistical", {}))
+                d = self._stores.get((method, ref))
+                if d is None:
+                    d = statistical_drafter(spec, ref, self.target.info.vocab_size)
+                    if getattr(d, "store", None) is not None:
+                        self._stores[(method, ref)] = d
+                drafters.append(d)
             else:
                 drafters.append(self.models[ref])
         base = self.spec_config if params.get("from_spec") and self.spec_config is not None else CascadeConfig()
@@ -150,7 +160,7 @@ class EngineExecutor:
             if reference is None:
                 raise CSDraftingError("the oracle needs the plain output of this prompt; run 'plain' first")
             self.oracle.set_reference(prompt, reference)
-        engine = self.cascade(params)
+        engine = self.cascade(params, method.name)
         if timing == "decode":
             # prefill every model with the prompt but its last token, untimed; the timed generation then
             # starts from the last prompt token, so tokens/s measure decoding alone

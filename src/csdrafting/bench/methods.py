@@ -40,7 +40,7 @@ from typing import Sequence
 from ..cascade.config import KMatrix
 from ..drafters.maxgram import MaxGram
 from ..protocol import CSDraftingError
-from ..spec import MAXGRAM, STATISTICAL, CascadeSpec, split_ref
+from ..spec import MAXGRAM, STATISTICAL, STATISTICAL_FIELDS, CascadeSpec, split_ref
 from .llamacpp_bin import BIN_BASELINE, BIN_PEERS
 
 # what each family of methods is compared with, and which output it must reproduce exactly
@@ -282,9 +282,11 @@ def build_methods(
         if other.target != spec.target:
             raise CSDraftingError(f"--also {name}: its target {other.target} is not the bench's target {spec.target}")
         k = other.cascade_config().k
+        # its statistical drafters' own settings (the bench's spec gives the rest)
+        statistical = {f: getattr(other, f) for f in STATISTICAL_FIELDS}
         out.append(Method(f"cfg:{name}", ENGINE, f"config {name}: {other.describe()}", drafters=tuple(other.drafters),
                           k=k.cumulative if k else None, lenience=other.lenience, maxgram_length=other.maxgram_length,
-                          config={"dynamic": other.dynamic}))
+                          config={"dynamic": other.dynamic}, params={"statistical": statistical}))
     if "llama-pld" in peers:
         out.append(Method("llama-plain", LLAMA, "llama-cpp-python Llama.generate, greedy, no draft model"))
         t = tuned("llama-pld")

@@ -23,6 +23,7 @@ per token with an undo log, so proposing and rolling back cost microseconds per 
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -135,11 +136,17 @@ class Calibration:
         return out
 
     def rate(self, key: str) -> float:
-        """Acceptance of a bucket, shrunk towards its source's pooled rate when the bucket is thin."""
+        """Acceptance of a bucket, shrunk towards its source's pooled rate when the bucket is thin.
+
+        A source the calibration never saw (e.g. a store or a bigram table it ran without) is not trusted:
+        0, so cost-aware drafting never spends a review on it.
+        """
         a, t = self.counts.get(key, (0, 0))
         src = key.split(":", 1)[0]
         pa = sum(v[0] for k, v in self.counts.items() if k.split(":", 1)[0] == src)
         pt = sum(v[1] for k, v in self.counts.items() if k.split(":", 1)[0] == src)
+        if pt == 0:
+            return 0.0
         prior = (pa + 1) / (pt + 2)
         weight = 4.0  # pseudo-observations of the pooled rate
         return (a + weight * prior) / (t + weight)
@@ -178,7 +185,8 @@ class SuffixDrafter(StatisticalDrafter):
     """Suffix-match drafting with occurrence counts and calibrated confidence (see module docstring).
 
     max_ngram: longest context matched; min_count: a continuation must have followed its context at
-    least this often (llama.cpp's min-hits); persist: keep a store of earlier outputs across requests;
+    least this often (llama.cpp's min-hits); persist: keep a store of earlier outputs across requests
+    (store_max_tokens bounds it: past that the oldest half is forgotten);
     min_chain_confidence: stop chaining once the product of the confidences so far falls below it;
     bigram: fallback table; calibration: measured acceptance per bucket (None: confidences unknown,
     so the engine cannot trim the proposals and drafts them as K says).
@@ -193,9 +201,12 @@ class SuffixDrafter(StatisticalDrafter):
         persist: bool = False,
         min_chain_confidence: float = 0.05,
         name: str = "Suffix",
+        store_max_tokens: int = 200_000,
     ) -> None:
         if max_ngram < 1 or min_count < 1:
             raise CSDraftingError(f"max_ngram and min_count must be >= 1 (got {max_ngram}, {min_count})")
+        if store_max_tokens < 1:
+            raise CSDraftingError(f"store_max_tokens must be >= 1 (got {store_max_tokens})")
         self.calibration = calibration
         self.bigram = bigram
         self.max_ngram = max_ngram
@@ -204,6 +215,11 @@ class SuffixDrafter(StatisticalDrafter):
         self.name = name
         self.index = NgramCounts(max_ngram)
         self.store = NgramCounts(max_ngram, undo=False) if persist else None
+        # the store's outputs, oldest first: past store_max_tokens the oldest half is forgotten (the store is
+        # rebuilt from the rest), so a long-running server's memory stays bounded (~1-2 kB per stored token)
+        self.store_max_tokens = store_max_tokens
+        self._stored: deque[list[int]] = deque()
+        self._stored_tokens = 0
         self._prompt_len = 0
         self._rates: dict[str, float] = {}
 
@@ -216,12 +232,25 @@ class SuffixDrafter(StatisticalDrafter):
         self._prompt_len = len(prompt)
 
     def end(self, tokens: Sequence[int]) -> None:
-        if self.store is not None:
-            out = list(tokens[self._prompt_len :])
-            if out:
-                # a separator context: the store must not join this output to the next one
-                self.store.text = []
-                self.store.extend(out)
+        if self.store is None:
+            return
+        out = [int(t) for t in tokens[self._prompt_len :]][-self.store_max_tokens :]
+        if not out:
+            return
+        self._stored.append(out)
+        self._stored_tokens += len(out)
+        if self._stored_tokens > self.store_max_tokens:
+            while self._stored_tokens > self.store_max_tokens // 2 and len(self._stored) > 1:
+                self._stored_tokens -= len(self._stored.popleft())
+            self.store = NgramCounts(self.max_ngram, undo=False)
+            for old in self._stored:
+                self._store_one(old)
+        else:
+            self._store_one(out)
+
+    def _store_one(self, out: list[int]) -> None:
+        self.store.text = []  # a separator: the store must not join one output to the next
+        self.store.extend(out)
 
     def sync(self, seq: Sequence[int]) -> None:
         keep = common_prefix(self.index.text, seq)

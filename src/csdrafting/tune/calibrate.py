@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(default_calibration_path()))
     ap.add_argument("--texts", default="runs/calibration-texts.jsonl",
                     help="JSONL cache of the target's outputs (resume; reuse across runs)")
+    ap.add_argument("--store", action=argparse.BooleanOptionalAction, default=DEFAULT_SPEC.suffix_persist,
+                    help="calibrate with the cross-request store, each dataset's texts walked in order as a server "
+                         "meets them (default: as the built-in default runs)")
     args = ap.parse_args(argv)
     if args.prompts <= 0 or args.max_new_tokens <= 0:
         raise CSDraftingError("--prompts and --max-new-tokens must be positive")
@@ -157,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
 
     table = load_default_qwen_bigram()
     table = table if table.vocab_size == target.info.vocab_size else None
-    # calibrate the drafter as the built-in cascade runs it: with the packaged bigram fallback
-    cal = calibrate(target, prompts, args.max_new_tokens, make_drafter=lambda: SuffixDrafter(bigram=table),
-                    cache=Path(args.texts))
+    # calibrate the drafter as the built-in cascade runs it: with the packaged bigram fallback and the store
+    cal = calibrate(target, prompts, args.max_new_tokens,
+                    make_drafter=lambda: SuffixDrafter(bigram=table, persist=args.store), cache=Path(args.texts))
+    cal.meta["store"] = args.store
     cal.save(args.out)
     report(cal)
     print(f"tree headroom (two-way tree at the first position): {cal.meta['tree_headroom']}")

@@ -270,12 +270,14 @@ def _race_dynamic(args, static_spec, target, neural, maxgram, meas, cal, prompts
     from dataclasses import replace
 
     from ..cascade.engine import Cascade
-    from ..drafters.suffix import SuffixDrafter
-    from ..spec import SUFFIX
+    from ..spec import SUFFIX, statistical_drafter
     from .race import Entry, race
 
-    suffix_cal = SuffixDrafter().calibrate([(tr.prompt, tr.tokens) for tr in cal.traces],
-                                           meta={"target": args.target, "source": "csdrafting tune calibration traces"})
+    # calibrated as the race runs it (bigram fallback, store), else its sources would go unmeasured
+    measured_as = statistical_drafter(replace(static_spec, suffix_calibration=None), SUFFIX, target.info.vocab_size)
+    suffix_cal = measured_as.calibrate([(tr.prompt, tr.tokens) for tr in cal.traces],
+                                       meta={"target": args.target, "source": "csdrafting tune calibration traces",
+                                             "store": static_spec.suffix_persist})
     cal_path = Path(args.out).with_name(Path(args.out).stem + ".suffix.json")
     suffix_cal.save(cal_path)
     models = {args.target: target, **neural}
@@ -289,7 +291,7 @@ def _race_dynamic(args, static_spec, target, neural, maxgram, meas, cal, prompts
 
     def engine(spec):
         def make():
-            from ..spec import cost_curves, statistical_drafter
+            from ..spec import cost_curves
 
             drafters = []
             for ref in spec.drafters:
