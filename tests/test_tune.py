@@ -391,13 +391,19 @@ def test_cli_tune_then_validate_on_synthetic_models(tmp_path, monkeypatch, capsy
     assert spec.drafters == winner["spec"]["drafters"] and spec.dynamic == winner["spec"]["dynamic"]
     if spec.dynamic and "suffix" in spec.drafters:  # its calibration was written beside the config
         assert (tmp_path / "tuned.suffix.json").is_file()
+    # a cost-aware suffix-drafter config (what the race may write) is validated too: measured, not predicted
+    dyn = tmp_path / "dyn.json"
+    CascadeSpec(target=str(paths["T"]), drafters=["suffix"], k=[[8]], dynamic=True).save(dyn)
     rc = tune_cli.main(["--validate", str(out), "--prompts", "2", "--max-new-tokens", "60", "--no-progress",
-                        "--validate-out", str(tmp_path / "val.json")])
+                        "--also", str(dyn), "--validate-out", str(tmp_path / "val.json")])
     text = capsys.readouterr().out
-    assert rc == 0 and "tuned config (*)" in text
-    rows = json.loads((tmp_path / "val.json").read_text())["rows"]
+    assert rc == 0 and "tuned config (*)" in text and "0 mismatches" in text
+    val = json.loads((tmp_path / "val.json").read_text())
+    rows = val["rows"]
     assert rows[0]["tuned"] and any(r["drafters"] == [] for r in rows)
     assert all(r["measured_tokens_per_pass"] >= 1 for r in rows)
+    suffix_row = next(r for r in rows if r["drafters"] == ["suffix"] and "cost-aware" in r["config"])
+    assert suffix_row["predicted"] is None and suffix_row["measured"] > 0 and val["mismatches"] == []
 
 
 def test_validation_grid_configs_run_in_the_engine():

@@ -269,7 +269,6 @@ def _race_dynamic(args, static_spec, target, neural, maxgram, meas, cal, prompts
     """
     from dataclasses import replace
 
-    from ..cascade.engine import Cascade
     from ..spec import SUFFIX, statistical_drafter
     from .race import Entry, race
 
@@ -290,19 +289,7 @@ def _race_dynamic(args, static_spec, target, neural, maxgram, meas, cal, prompts
         candidates.append(replace(base, drafters=[ref, SUFFIX], k=[[12, 12], [0, 8]]))  # D reviewing suffix (vertical)
 
     def engine(spec):
-        def make():
-            from ..spec import cost_curves
-
-            drafters = []
-            for ref in spec.drafters:
-                if ref == MAXGRAM:
-                    drafters.append(maxgram)
-                elif ref == SUFFIX:
-                    drafters.append(statistical_drafter(replace(spec, suffix_calibration=str(cal_path)), ref, target.info.vocab_size))
-                else:
-                    drafters.append(neural[ref])
-            return Cascade(target, drafters, spec.cascade_config(cost_curves(spec, [target, *drafters], progress=False)))
-        return make
+        return lambda: _spec_engine(replace(spec, suffix_calibration=str(cal_path)), target, neural, maxgram)
 
     entries = [Entry(f"static best: {static_spec.describe()}", engine(static_spec), static_spec)]
     entries += [Entry(c.describe(), engine(c), c) for c in candidates]
@@ -378,6 +365,30 @@ def _spec_config(spec) -> Config:
                   spec.maxgram_length if MAXGRAM in spec.drafters else None)
 
 
+def _spec_engine(spec, target, neural: dict, maxgram):
+    """The cascade a spec describes, over models already loaded (statistical drafters built as the spec
+    configures them; cost curves from the spec, else measured now)."""
+    from ..cascade.engine import Cascade
+    from ..spec import STATISTICAL, cost_curves, statistical_drafter
+
+    drafters = []
+    for ref in spec.drafters:
+        if ref == MAXGRAM:
+            drafters.append(maxgram)
+        elif ref in STATISTICAL:
+            drafters.append(statistical_drafter(spec, ref, target.info.vocab_size))
+        else:
+            drafters.append(neural[ref])
+    return Cascade(target, drafters, spec.cascade_config(cost_curves(spec, [target, *drafters], progress=False)))
+
+
+def _modelled(spec) -> bool:
+    """Whether the tuner's static model can predict this spec (static K over neural drafters and Max-Gram)."""
+    from ..spec import STATISTICAL
+
+    return not spec.dynamic and all(d == MAXGRAM or d not in STATISTICAL for d in spec.drafters)
+
+
 def _engine(target, neural, maxgram, c: Config):
     from ..cascade.config import CascadeConfig
     from ..cascade.engine import Cascade
@@ -409,18 +420,30 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
     for e in extra:
         if e.target != spec.target:
             raise CSDraftingError(f"--also {e.target} has another target than {args.validate} ({spec.target})")
-    configs: list[Config] = []
+    from ..exactness import TIE, examine, noise_threshold
+    from ..spec import STATISTICAL
+
+    # a static config over neural drafters and Max-Gram is predicted by the tuner's model; a cost-aware one
+    # or one with the suffix drafter (what the race writes) is measured only, built from its spec
+    configs: list[Config | object] = []
     chains = [] if args.skip_chains else report["best_per_chain"]
     listed = [_config_from(d) for d in chains + report["top"][: max(0, args.top)]]
     if args.grid:
         listed += validation_grid(report["settings"]["candidates"])
-    for c in [_spec_config(spec), Config()] + [_spec_config(e) for e in extra] + listed:
-        if c.key not in {x.key for x in configs}:
+    seen: set = set()
+    for c in [spec, Config()] + extra + listed:
+        if not isinstance(c, Config) and _modelled(c):
+            c = _spec_config(c)
+        key = c.key if isinstance(c, Config) else json.dumps(c.to_json(), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
             configs.append(c)
-    refs = sorted({d for c in configs for d in c.drafters})
+    refs = sorted({d for c in configs for d in c.drafters if d == MAXGRAM or d not in STATISTICAL})
     target, neural, maxgram = _load_models(spec.target, refs, spec.backend, spec.threads, spec.n_ctx, spec.placement)
     prompts = _load_prompts(target, report["settings"]["dataset"], n_prompts, "eval", spec.n_ctx, max_new)
-    engines = [_engine(target, neural, maxgram, c) for c in configs]
+    engines = [_engine(target, neural, maxgram, c) if isinstance(c, Config) else _spec_engine(c, target, neural, maxgram)
+               for c in configs]
+    plain_at = next(i for i, c in enumerate(configs) if isinstance(c, Config) and not c.drafters)
     for m in (target, *neural.values()):  # page the weights in before anything is timed
         m.rollback(0)
         m.extend(prompts[0][1][:1])
@@ -428,30 +451,40 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
     seconds = [0.0] * len(configs)
     steps = [0] * len(configs)
     work: list[list[tuple[int, int]]] = [[] for _ in configs]
-    mismatches = 0
+    mismatches, ties = [], 0
     from tqdm import tqdm
 
     with tqdm(total=len(prompts) * len(configs), desc="validate on eval prompts", disable=args.no_progress) as bar:
-        for n, (_, ids) in enumerate(prompts):
-            ref_tokens = None
+        for n, (pid, ids) in enumerate(prompts):
+            outputs: dict[int, list[int]] = {}
             # rotate the order per prompt, so that a slow spell of the machine does not always hit one config
             for i in [(n + j) % len(engines) for j in range(len(engines))]:
                 r = engines[i].generate(ids, max_new)
                 seconds[i] += r.metrics.seconds
                 steps[i] += r.metrics.target_steps
                 work[i].append((len(ids), len(r.tokens)))
-                if ref_tokens is None:
-                    ref_tokens = r.tokens
-                elif r.tokens != ref_tokens:
-                    mismatches += 1
+                outputs[i] = r.tokens
                 bar.update(1)
+            for i, toks in outputs.items():  # every output against plain decoding's, differences examined
+                if toks != outputs[plain_at]:
+                    d = examine(target, ids, outputs[plain_at], toks, noise_threshold(target))
+                    if d.verdict == TIE:
+                        ties += 1
+                    else:
+                        mismatches.append(f"{_label(configs[i])} on {pid}: {d.describe()}")
     model = CascadeModel(meas)
     traces = traces_from_json(report.get("traces", []))
     rows = []
     for i, c in enumerate(configs):
+        n_tok = sum(n for _, n in work[i])
+        if not isinstance(c, Config):  # measured only
+            rows.append({"config": _label(c), "drafters": list(c.drafters), "k": c.cascade_config().k.cumulative
+                         if c.cascade_config().k else None, "maxgram_length": c.maxgram_length, "predicted": None,
+                         "analytic": None, "measured": n_tok / seconds[i], "predicted_tokens_per_pass": None,
+                         "measured_tokens_per_pass": n_tok / steps[i], "tuned": i == 0})
+            continue
         pred = model.predict(c)
         analytic = pred.end_to_end(work[i])
-        n_tok = sum(n for _, n in work[i])
         row = {"config": c.describe(), "drafters": list(c.drafters), "k": [list(r) for r in c.k] if c.k else None,
                "maxgram_length": c.maxgram_length, "predicted": analytic, "analytic": analytic,
                "measured": n_tok / seconds[i], "predicted_tokens_per_pass": pred.tokens_per_step,
@@ -471,19 +504,36 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
             f"{'tok/pass pred':>13} {'meas':>6}")
     print(head, file=out)
     print("-" * len(head), file=out)
+    def f(x, spec):
+        return format(x, spec) if x is not None else "–"
+
     for r in sorted(rows, key=lambda r: -r["measured"]):
         mark = " *" if r["tuned"] else ""
-        print(f"{(r['config'] + mark)[:64]:<64} {r['predicted']:>9.2f} {r['analytic']:>8.2f} {r['measured']:>9.2f} "
-              f"{r['measured'] / r['predicted']:>9.2f} {r['measured'] / best_measured:>8.0%} "
-              f"{r['predicted_tokens_per_pass']:>13.2f} {r['measured_tokens_per_pass']:>6.2f}", file=out)
+        ratio = r["measured"] / r["predicted"] if r["predicted"] else None
+        print(f"{(r['config'] + mark)[:64]:<64} {f(r['predicted'], '>9.2f'):>9} {f(r['analytic'], '>8.2f'):>8} "
+              f"{r['measured']:>9.2f} {f(ratio, '>9.2f'):>9} {r['measured'] / best_measured:>8.0%} "
+              f"{f(r['predicted_tokens_per_pass'], '>13.2f'):>13} {r['measured_tokens_per_pass']:>6.2f}", file=out)
     t = rows[0]
-    print(f"\ntuned config (*): measured {t['measured']:.2f} tok/s = {t['measured'] / best_measured:.0%} of the best measured; "
-          f"prediction error {100 * (t['predicted'] - t['measured']) / t['measured']:+.1f}%", file=out)
-    if mismatches:
-        print(f"ERROR: {mismatches} generations differed from the other configurations' output on the same prompt", file=out)
+    err = (f"prediction error {100 * (t['predicted'] - t['measured']) / t['measured']:+.1f}%" if t["predicted"]
+           else "cost-aware: measured only (its race figure is in the config's note)")
+    print(f"\ntuned config (*): measured {t['measured']:.2f} tok/s = {t['measured'] / best_measured:.0%} of the best "
+          f"measured; {err}", file=out)
+    print(f"exactness against plain decoding: {ties} numerical ties, {len(mismatches)} mismatches", file=out)
+    for m in mismatches:
+        print(f"ERROR: mismatch: {m}", file=out)
     if args.validate_out:
-        Path(args.validate_out).write_text(json.dumps({"prompts": n_prompts, "max_new_tokens": max_new, "rows": rows}, indent=1))
+        Path(args.validate_out).write_text(json.dumps({"prompts": n_prompts, "max_new_tokens": max_new, "rows": rows,
+                                                       "ties": ties, "mismatches": mismatches}, indent=1))
     return 1 if mismatches else 0
+
+
+def _label(c) -> str:
+    """A validated configuration's name: a Config's own description, or a spec's drafters, K and mode."""
+    if isinstance(c, Config):
+        return c.describe()
+    k = c.cascade_config().k
+    return (f"{' > '.join(c.drafters) or 'plain'} K={_fmt_k(k.cumulative if k else None)}"
+            + (" cost-aware" if c.dynamic else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
