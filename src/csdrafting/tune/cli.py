@@ -504,6 +504,7 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
             f"{'tok/pass pred':>13} {'meas':>6}")
     print(head, file=out)
     print("-" * len(head), file=out)
+
     def f(x, spec):
         return format(x, spec) if x is not None else "–"
 
@@ -515,7 +516,7 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
               f"{f(r['predicted_tokens_per_pass'], '>13.2f'):>13} {r['measured_tokens_per_pass']:>6.2f}", file=out)
     t = rows[0]
     err = (f"prediction error {100 * (t['predicted'] - t['measured']) / t['measured']:+.1f}%" if t["predicted"]
-           else "cost-aware: measured only (its race figure is in the config's note)")
+           else "the tuner's static model does not cover it (cost-aware, or the suffix drafter): measured only")
     print(f"\ntuned config (*): measured {t['measured']:.2f} tok/s = {t['measured'] / best_measured:.0%} of the best "
           f"measured; {err}", file=out)
     print(f"exactness against plain decoding: {ties} numerical ties, {len(mismatches)} mismatches", file=out)
