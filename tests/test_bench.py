@@ -594,7 +594,8 @@ def test_also_configs_and_the_suffix_drafter_run_as_bench_rows(tmp_path):
     paths = {n: tmp_path / f"{n}.gguf" for n in ("T", "D")}
     for p in paths.values():
         p.write_bytes(b"")
-    spec = CascadeSpec(target=str(paths["T"]), drafters=["suffix"], k=[[6]], dynamic=True, suffix_calibration=None)
+    spec = CascadeSpec(target=str(paths["T"]), drafters=["suffix"], k=[[6]], dynamic=True, suffix_calibration=None,
+                       suffix_persist=True)
     other = CascadeSpec(target=str(paths["T"]), drafters=[str(paths["D"]), "suffix"], k=[[4, 8], [0, 0]], dynamic=True,
                         suffix_calibration=None, suffix_persist=False)
     methods = build_methods(spec, ["plain", "csd", "vertical", "sd"], also=[("dyn-horizontal", other)], calibrate=False)

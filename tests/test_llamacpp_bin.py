@@ -105,6 +105,23 @@ def test_plain_timing_lines_and_end_of_text():
     assert o.decode_speed == pytest.approx(10.0) and o.decode_seconds == pytest.approx(4.1) and o.load_ms == 512.0
 
 
+@pytest.mark.parametrize("timing", ["decode", "e2e"])
+def test_plain_program_end_to_end_counts_each_token_once(monkeypatch, timing):
+    """llama-completion's prompt pass yields the first token and its eval runs the rest: end to end is
+    prefill + eval as printed (0.9 + 4.0 s); decode only prices all 41 tokens at the eval rate (4.1 s)."""
+    ex, _, _ = _executor(monkeypatch, "ngram-map-k")
+    err = ("llama_perf_context_print: prompt eval time =     900.00 ms /   110 tokens (    8.18 ms per token)\n"
+           "llama_perf_context_print:        eval time =    4000.00 ms /    40 runs   (  100.00 ms per token)\n")
+    text = "x" * 41
+    monkeypatch.setattr(lb, "run_peer", lambda argv, prompt_text, timeout=0: lb.PeerRun(
+        lb.parse_output(text + "\n\n", err, plain=True), 0.9 + 4.0 + 1.5, argv))
+    m = {x.name: x for x in build_methods(CascadeSpec(target=T, drafters=[D], k=[[4]]), methods=(),
+                                           peers=("llama-cpp-plain",))}["llama-cpp-plain"]
+    o = ex.run(m, m.resolve(), [ord("a")] * 110, 41, None, timing)
+    assert o.metrics.seconds == pytest.approx(4.1 if timing == "decode" else 4.9)
+    assert o.config["load_and_exit_seconds"] == pytest.approx(1.5)
+
+
 def test_timing_lines_parse_exactly():
     err = ("main: encoded  117 tokens in    0.912 seconds, speed:  128.289 t/s\n"
            "main: decoded   64 tokens in    5.125 seconds, speed:   12.488 t/s\n"

@@ -27,7 +27,8 @@ def _add_cascade_args(p: argparse.ArgumentParser) -> None:
                         "(default: on in the built-in cascade)")
     g.add_argument("--suffix-persist", action=argparse.BooleanOptionalAction, default=None,
                    help="the suffix drafter keeps the outputs of earlier generations of this process as a "
-                        "second source of matches (default: on)")
+                        "second source of matches (default: off; with it, a seeded sample also depends on the "
+                        "earlier generations, since drafts decide how the random stream is consumed)")
     g.add_argument("--backend", choices=["llamacpp", "hf"], help="model backend (default llamacpp)")
     g.add_argument("--threads", type=int, help="CPU threads per model (default 2)")
     g.add_argument("--device", help="--backend hf: cpu (default), cuda, cuda:N, mps, or auto (accelerate's device map)")

@@ -7,7 +7,7 @@ import sys
 
 from .bench.datasets import load
 from .cascade.engine import Cascade
-from .exactness import IDENTICAL, MISMATCH, TIE, examine, noise_threshold
+from .exactness import IDENTICAL, MISMATCH, Tally, examine, noise_threshold
 from .spec import CascadeSpec, build
 from .text import StreamText, encode
 
@@ -23,6 +23,7 @@ def run_demo(spec: CascadeSpec, n_prompts: int = 3, max_new_tokens: int = 96, ou
     # the F32 target), which would be charged to whichever method ran first.
     cascade.generate(encode(target, "def warm_up():"), 8)
     rows = []
+    noise, tally = noise_threshold(target), Tally()
     for pr in prompts:
         ids = encode(target, pr.text)
         results = {}
@@ -35,7 +36,8 @@ def run_demo(spec: CascadeSpec, n_prompts: int = 3, max_new_tokens: int = 96, ou
             results[label] = res
         p, c = results["plain decoding"], results["cascade"]
         acc = [lv.acceptance for lv in c.metrics.levels[1:]]
-        verdict = examine(target, ids, p.tokens, c.tokens, noise_threshold(target))
+        verdict = examine(target, ids, p.tokens, c.tokens, noise)
+        tally.add(verdict.verdict)
         if verdict.verdict != IDENTICAL:
             print(f"\n{verdict.describe()}", file=out)
         rows.append((pr.id, p.metrics.tokens_per_second, c.metrics.tokens_per_second, acc, verdict.verdict,
@@ -52,12 +54,11 @@ def run_demo(spec: CascadeSpec, n_prompts: int = 3, max_new_tokens: int = 96, ou
         shown = verdict.upper() if verdict == MISMATCH else verdict
         print(f"{pid:<14} {pt:>11.2f} {ct:>10.2f} {ct / pt:>7.2f}x {accs} {tpp:>8.2f} {shown:>9}", file=out)
     speedups = [ct / pt for _, pt, ct, *_ in rows]
-    n = {v: sum(r[4] == v for r in rows) for v in (IDENTICAL, TIE, MISMATCH)}
-    noise = noise_threshold(target)
     print(f"\nmedian speedup {statistics.median(speedups):.2f}x over {len(rows)} prompts; outputs vs plain decoding: "
-          f"{n[IDENTICAL]} identical, {n[TIE]} differing at a numerical tie (target logits closer than the backend's "
-          f"batch-shape noise, {'not measured' if noise is None else f'{noise:.4f}'}), {n[MISMATCH]} mismatched", file=out)
-    if n[MISMATCH]:
+          f"{tally.identical} identical, {tally.tie} differing at a numerical tie (target logits closer than the "
+          f"backend's batch-shape noise, {'not measured' if noise is None else f'{noise:.4f}'}), {tally.mismatch} "
+          "mismatched", file=out)
+    if tally.mismatch:
         print("ERROR: the cascade's output differed from plain decoding beyond numerical noise — this is a bug, "
               "please report it", file=out)
         return 1

@@ -47,13 +47,13 @@ class CascadeSpec:
     dynamic: bool = False  # cost-aware drafting; K is then a cap
     costs: dict[str, dict] | None = None  # model ref -> CostCurve JSON (measured), for dynamic drafting
     # the suffix drafter: calibration ("default": packaged, measured with the default target; a path;
-    # None: no confidences), longest context, min-hits gate, store of earlier outputs across requests (on:
-    # its proposals were accepted 66% / 61% of the time on HumanEval / MMLU where the bigram guess it
-    # replaces was accepted 21% / 19%; see README "Choosing the default cascade")
+    # None: no confidences), longest context, min-hits gate, store of earlier outputs across requests (off
+    # by default: speed-neutral on the Q4_K_M target although its proposals are accepted far more often than
+    # the bigram guesses they replace, and with it a seeded sample depends on earlier requests; see README)
     suffix_calibration: str | None = "default"
     suffix_max_ngram: int = 12
     suffix_min_count: int = 1
-    suffix_persist: bool = True
+    suffix_persist: bool = False
     note: str = ""  # free text: where the spec came from (e.g. the tuner's prediction)
     device: str = "cpu"  # hf backend: cpu, cuda, cuda:N, mps, auto (accelerate's device map)
     dtype: str = "float32"  # hf backend: float32, bfloat16, float16
@@ -93,7 +93,7 @@ class CascadeSpec:
         self.device, self.dtype = normalize_device(self.device), normalize_dtype(self.dtype)
         if not isinstance(self.devices, dict):
             raise CSDraftingError(f"devices must map model references to devices, e.g. {{\"{self.target}\": \"cuda:0\"}}")
-        models = [self.target, *(d for d in self.drafters if d != MAXGRAM)]
+        models = [self.target, *(d for d in self.drafters if d not in STATISTICAL)]
         for ref in self.devices:
             if ref not in models:
                 raise CSDraftingError(f"devices names {ref!r}, which is not a model of this cascade ({', '.join(models)})")
@@ -277,7 +277,8 @@ def load_model(
     return model
 
 
-def _bigram(spec: CascadeSpec, vocab_size: int):
+def bigram_table(spec: CascadeSpec, vocab_size: int):
+    """The bigram fallback the spec names ("default": the packaged Qwen table, if the vocabulary fits)."""
     from .drafters.bigram import BigramTable
     from .drafters.corpus import load_default_qwen_bigram
 
@@ -290,14 +291,14 @@ def _bigram(spec: CascadeSpec, vocab_size: int):
 def statistical_drafter(spec: CascadeSpec, ref: str, vocab_size: int):
     """The statistical drafter `ref` names (maxgram or suffix), configured as the spec says."""
     if ref == MAXGRAM:
-        return MaxGram(_bigram(spec, vocab_size))
+        return MaxGram(bigram_table(spec, vocab_size))
     from .drafters.suffix import Calibration, SuffixDrafter, default_calibration
 
     if spec.suffix_calibration == "default":
         cal = default_calibration()
     else:
         cal = Calibration.load(spec.suffix_calibration) if spec.suffix_calibration else None
-    return SuffixDrafter(cal, _bigram(spec, vocab_size), spec.suffix_max_ngram, spec.suffix_min_count, spec.suffix_persist)
+    return SuffixDrafter(cal, bigram_table(spec, vocab_size), spec.suffix_max_ngram, spec.suffix_min_count, spec.suffix_persist)
 
 
 def cost_curves(spec: CascadeSpec, models: list, progress: bool = True) -> list | None:

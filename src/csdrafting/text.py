@@ -54,3 +54,7 @@ class StreamText:
             return ""
         new, self.shown = text[self.shown :], len(text)
         return new
+
+    def flush(self) -> str:
+        """What a native stream decoder still holds at the end of a generation (else nothing)."""
+        return self.native.flush() if self.native is not None and hasattr(self.native, "flush") else ""

@@ -172,7 +172,8 @@ def _placement(spec: dict) -> str:
     if spec.get("backend") == "hf":
         own = "".join(f", {r} on {d}" for r, d in (spec.get("devices") or {}).items())
         return f"transformers {spec.get('dtype', 'float32')} on {spec.get('device', 'cpu')}{own}; "
-    return f"llama.cpp, {spec.get('n_gpu_layers', 0)} GPU layers; " if spec.get("n_gpu_layers") else ""
+    n = spec.get("n_gpu_layers") or 0
+    return f"llama.cpp, {n if n >= 0 else 'all'} GPU layers; " if n else ""  # as CascadeSpec describes it
 
 
 def _versions() -> str:

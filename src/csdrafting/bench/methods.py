@@ -23,8 +23,8 @@ Peers run by their own code and are compared with plain decoding of their own ba
 ``llama-plain`` / ``llama-pld`` (llama-cpp-python's high-level ``Llama``, without and with its
 ``LlamaPromptLookupDecoding``), ``hf-plain`` / ``hf-assisted`` / ``hf-pld`` (transformers ``generate``
 plain, with ``assistant_model=`` and with ``prompt_lookup_num_tokens=``, float32), and llama.cpp's own C++
-program ``llama-speculative-simple``: ``llama-cpp-plain`` (``--spec-type none``) and ``llama-cpp-draft-simple``
-/ ``-ngram-map-k`` / ``-ngram-mod`` / ``-ngram-cache`` (see `llamacpp_bin`).
+programs: ``llama-cpp-plain`` (``llama-completion``) and ``llama-cpp-draft-simple`` / ``-ngram-map-k`` /
+``-ngram-mod`` / ``-ngram-cache`` (``llama-speculative-simple --spec-type ...``; see `llamacpp_bin`).
 
 Engine methods carry their cascade as data: drafters, cumulative K, lenience, Max-Gram length, and
 `config`, any further `CascadeConfig` fields (by name) merged into the configuration the executor builds;
@@ -303,8 +303,7 @@ def build_methods(
                               default=DEFAULT_K["hf-pld"]))
     bin_peers = [p for p in BIN_PEERS if p in peers]
     if bin_peers or BIN_BASELINE in peers:
-        out.append(Method(BIN_BASELINE, LLAMA_BIN, "llama.cpp's own llama-speculative-simple --spec-type none (plain "
-                          "decoding, greedy)", params={"spec_type": "none"}))
+        out.append(Method(BIN_BASELINE, LLAMA_BIN, "llama.cpp's own llama-completion (plain decoding, greedy)", params={"spec_type": "none"}))
         for p in bin_peers:
             what = p.removeprefix("llama-cpp-")
             drafters = tuple(sd_drafters[:1]) if what == "draft-simple" else ()

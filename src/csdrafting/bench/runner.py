@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-from ..exactness import IDENTICAL, MISMATCH, TIE
+from ..exactness import IDENTICAL, MISMATCH, TIE, first_difference
 from ..protocol import CSDraftingError
 from .methods import HF, Method
 
@@ -233,13 +233,6 @@ class ExecutorPool:
         for ex in self.live.values():
             ex.close()
         self.live.clear()
-
-
-def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 DIVERGENT = "divergent"  # differs from its baseline, not examined (a peer's own code and backend)

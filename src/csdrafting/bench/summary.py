@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..exactness import IDENTICAL, MISMATCH, TIE
+from ..exactness import IDENTICAL, MISMATCH, TIE, Tally
 from .runner import DIVERGENT, EVAL
 
 ALL = "all"
@@ -54,6 +54,7 @@ class Row:
     ties: int = 0
     mismatches: int = 0
     divergent: int = 0  # differs, not examined (peers)
+    speedup_min: float | None = None  # the worst prompt's ratio to the baseline
 
     @property
     def exact_rate(self) -> float | None:
@@ -91,12 +92,14 @@ def _key_params(p: dict) -> str:
 def verdict_of(r: dict, base: dict) -> str:
     """The record's exactness verdict against `base`; records written before examination existed count a
     difference as a mismatch (engine) or an unexamined divergence (peers)."""
-    if r["tokens"] == base["tokens"]:
-        return IDENTICAL
+    return IDENTICAL if r["tokens"] == base["tokens"] else _differing_verdict(r)
+
+
+def _differing_verdict(r: dict) -> str:
+    """The verdict of a record that differs from its baseline: as examined, else (an older record) a
+    mismatch for engine methods and an unexamined divergence for peers."""
     v = r.get("exactness")
-    if v in (TIE, MISMATCH, DIVERGENT):
-        return v
-    return MISMATCH if r.get("family") == "engine" else DIVERGENT
+    return v if v in (TIE, MISMATCH, DIVERGENT) else MISMATCH if r.get("family") == "engine" else DIVERGENT
 
 
 def _comparable(r: dict, plain: dict) -> tuple[list, list]:
@@ -161,7 +164,7 @@ def aggregate(records: Iterable[dict], order: Sequence[str] | None = None) -> li
         rows.append(Row(
             dataset=ds, method=method, family=first["family"], baseline=first["baseline"], n=len(rs),
             tps_median=statistics.median(r["tokens_per_second"] for r in rs),
-            speedup_median=_median(ratios), speedup_n=len(ratios),
+            speedup_median=_median(ratios), speedup_n=len(ratios), speedup_min=min(ratios, default=None),
             tokens_per_pass=tokens / passes if passes else 0.0, level_acceptance=acc, by_position=pos,
             # None: parameter counts unknown (llama.cpp's programs)
             swi=plain_cost / cost if cost and plain_cost else None, exact_matches=exact, exact_compared=compared,
@@ -222,10 +225,8 @@ def exactness_cell(r: Row) -> str:
     """identical / tie / mismatch (and peers' unexamined divergences)."""
     if r.is_baseline:
         return "baseline"
-    cell = f"{r.exact_matches} / {r.ties} / {r.mismatches}"
-    if r.divergent:
-        cell += f" + {r.divergent} div"
-    return cell + (" ⚠️" if r.mismatches else "")
+    cell = Tally(r.exact_matches, r.ties, r.mismatches).cell()
+    return cell + (f" + {r.divergent} div" if r.divergent else "")
 
 
 def _fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
@@ -241,12 +242,6 @@ def _pos_cell(cells: list[tuple[int, int]], n: int = 8) -> str:
     return " ".join(_fmt(100 * ok / rev if rev else None, ".0f") for rev, ok in cells[:n])
 
 
-def _drafting_levels(records: Sequence[dict], dataset: str, method: str) -> int:
-    """How many drafting levels (neural or statistical) a method's eval records ran with."""
-    return max((len(r["metrics"]["levels"]) - 1 for r in records
-                if r.get("phase") == EVAL and r["dataset"] == dataset and r["method"] == method), default=0)
-
-
 def headline_lines(rows: Sequence[Row], records: Sequence[dict]) -> list[str]:
     """Per dataset, the questions a user asks, each answered with paired per-prompt medians of this run:
     the fastest engine method against plain decoding (and its worst prompt); the best cascade of two or
@@ -259,21 +254,22 @@ def headline_lines(rows: Sequence[Row], records: Sequence[dict]) -> list[str]:
         if not engine:
             continue
         best = max(engine, key=lambda m: get[m].speedup_median)
-        vs_plain = paired_ratios(records, ds, best, get[best].baseline)
-        parts = [f"fastest: **{best}**, {get[best].speedup_median:.2f}x over {get[best].baseline} "
-                 f"(worst prompt {_fmt(min(vs_plain, default=None), '.2f', 'x')}, {len(vs_plain)} prompts)"]
-        cascades = [m for m in engine if _drafting_levels(records, ds, m) >= 2]
-        singles = [m for m in engine if _drafting_levels(records, ds, m) == 1]
+        b = get[best]
+        parts = [f"fastest: **{best}**, {b.speedup_median:.2f}x over {b.baseline} "
+                 f"(worst prompt {_fmt(b.speedup_min, '.2f', 'x')}, {b.speedup_n} prompts)"]
+        # drafting levels: one acceptance entry per level below the target
+        cascades = [m for m in engine if len(get[m].level_acceptance) >= 2]
+        singles = [m for m in engine if len(get[m].level_acceptance) == 1]
         if cascades and singles:
             c = max(cascades, key=lambda m: get[m].speedup_median)
             s = max(singles, key=lambda m: get[m].speedup_median)
             parts.append(f"best cascade **{c}** over best single-level speculative decoding **{s}**: "
-                         f"{_fmt(_median(paired_ratios(records, ds, c, s)), '.2f', 'x')}")
+                         f"{_fmt(paired_ratio(records, ds, c, s)[0], '.2f', 'x')}")
         peers = [m for m, r in get.items() if r.family != "engine"]
         if peers:
             fastest = max(peers, key=lambda m: get[m].tps_median)
             parts.append(f"{best} over the fastest other program **{fastest}**: "
-                         f"{_fmt(_median(paired_ratios(records, ds, best, fastest)), '.2f', 'x')}")
+                         f"{_fmt(paired_ratio(records, ds, best, fastest)[0], '.2f', 'x')}")
         out.append(f"- **{ds}**: " + "; ".join(parts))
     return out
 
@@ -282,7 +278,7 @@ def calibration_failures(records: Iterable[dict]) -> list[str]:
     """Calibration runs whose output mismatched their baseline's (they are exact methods too)."""
     return [f"{r['variant']} on {r['dataset']}/{r['prompt_id']} (calibration)" for r in records
             if r.get("phase") != EVAL and r.get("matches_baseline") is False
-            and r.get("exactness", MISMATCH if r.get("family") == "engine" else DIVERGENT) == MISMATCH]
+            and _differing_verdict(r) == MISMATCH]
 
 
 def render_markdown(rows: Sequence[Row], meta: dict, choices: dict | None = None, plots: Sequence[str] = (),

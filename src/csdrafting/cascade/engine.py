@@ -103,6 +103,7 @@ class _ModelLevel:
 
     def __init__(self, level: int, model: LanguageModel, kind: str) -> None:
         self.model = model
+        self.argmax_ext = isinstance(model, ArgmaxExtension)  # a runtime Protocol check: once, not per call
         self.prefix: list[int] = []
         # position -> (its cache stamp then, full row or argmax id)
         self.rows: dict[int, tuple[int, np.ndarray | int]] = {}
@@ -135,7 +136,7 @@ class _ModelLevel:
         if keep < len(seq):
             new = seq[keep:]
             logits_from = max(0, first - keep)
-            ids_only = top_only and isinstance(self.model, ArgmaxExtension)
+            ids_only = top_only and self.argmax_ext
             t0 = time.perf_counter()
             if ids_only:
                 out = self.model.extend_argmax(new, logits_from=logits_from)

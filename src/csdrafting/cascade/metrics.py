@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+def add_counts(into: list[int], values: list[int]) -> None:
+    """into += values, element-wise, growing `into` as needed (per-position counts)."""
+    into.extend([0] * (len(values) - len(into)))
+    for i, v in enumerate(values):
+        into[i] += v
+
+
 @dataclass
 class LevelMetrics:
     """What one level of the cascade did during a generation.
@@ -39,6 +46,14 @@ class LevelMetrics:
             self.reviewed_by_position[i] += 1
         for i in range(n_accepted):
             self.accepted_by_position[i] += 1
+
+    def add(self, other: "LevelMetrics") -> None:
+        """Add another generation's counts of the same level (a server's totals since it started)."""
+        for f in ("forward_passes", "tokens_evaluated", "seconds", "proposals", "reviews", "drafted", "accepted",
+                  "dropped"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        add_counts(self.reviewed_by_position, other.reviewed_by_position)
+        add_counts(self.accepted_by_position, other.accepted_by_position)
 
     @property
     def acceptance(self) -> float | None:

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
 
-from ..cascade.metrics import GenerationMetrics, LevelMetrics
+from ..cascade.metrics import GenerationMetrics, LevelMetrics, add_counts
 
 NS = "csdrafting:"
 
@@ -72,27 +71,6 @@ def timings(m: GenerationMetrics, prompt_n: int, queue_s: float) -> dict:
     }
 
 
-@dataclass
-class _LevelTotals:
-    name: str
-    kind: str
-    forward_passes: int = 0
-    tokens_evaluated: int = 0
-    seconds: float = 0.0
-    proposals: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    reviews: int = 0
-    reviewed_by_position: list[int] = field(default_factory=list)
-    accepted_by_position: list[int] = field(default_factory=list)
-
-
-def _add(into: list[int], values: list[int]) -> None:
-    into.extend([0] * (len(values) - len(into)))
-    for i, v in enumerate(values):
-        into[i] += v
-
-
 class ServerMetrics:
     """Counters since the server started, rendered in the Prometheus text format (version 0.0.4)."""
 
@@ -109,7 +87,7 @@ class ServerMetrics:
         self.draft_tokens = 0
         self.accepted_tokens = 0
         self.accepted_per_pos: list[int] = []
-        self.levels: dict[int, _LevelTotals] = {}
+        self.levels: dict[int, LevelMetrics] = {}
 
     def finished(self, reason: str, m: GenerationMetrics | None, prompt_n: int) -> None:
         with self._lock:
@@ -123,18 +101,9 @@ class ServerMetrics:
             self.drafts += drafts
             self.draft_tokens += draft_n
             self.accepted_tokens += accepted
-            _add(self.accepted_per_pos, per_pos)
+            add_counts(self.accepted_per_pos, per_pos)
             for lv in m.levels:
-                t = self.levels.setdefault(lv.level, _LevelTotals(lv.name, lv.kind))
-                t.forward_passes += lv.forward_passes
-                t.tokens_evaluated += lv.tokens_evaluated
-                t.seconds += lv.seconds
-                t.proposals += lv.proposals
-                t.drafted += lv.drafted
-                t.accepted += lv.accepted
-                t.reviews += lv.reviews
-                _add(t.reviewed_by_position, lv.reviewed_by_position)
-                _add(t.accepted_by_position, lv.accepted_by_position)
+                self.levels.setdefault(lv.level, LevelMetrics(lv.level, lv.name, lv.kind, lv.n_params)).add(lv)
 
     def rejected(self, reason: str) -> None:
         with self._lock:
@@ -176,7 +145,7 @@ class ServerMetrics:
                    [(f'position="{i}"', n) for i, n in enumerate(self.accepted_per_pos)])
             lv = sorted(self.levels.items())
 
-            def lab(i: int, t: _LevelTotals) -> str:
+            def lab(i: int, t: LevelMetrics) -> str:
                 return f'level="{i}",level_model="{_escape(t.name)}",level_kind="{t.kind}"'
 
             family("cascade_level_drafted_tokens_total", "counter",
@@ -212,7 +181,7 @@ def _num(v: float) -> str:
 
 
 def parse_prometheus(text: str) -> dict[tuple[str, frozenset], float]:
-    """{(name, labels): value} from Prometheus text, for tests and the load command."""
+    """{(name, labels): value} from Prometheus text (the tests check the counters with it)."""
     out = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):

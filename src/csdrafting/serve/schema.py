@@ -262,8 +262,10 @@ def parse(body: Any, kind: Kind, ctx: ModelContext) -> GenerationRequest:
 
     overrides = body.get(KNOBS_FIELD) or {}
     try:
-        config = knobs_mod.override(ctx.base_config, overrides) if overrides else ctx.base_config
-        ctx.check_config(config)
+        config = ctx.base_config
+        if overrides:  # the base config was checked when the worker started
+            config = knobs_mod.override(config, overrides)
+            ctx.check_config(config)
     except CSDraftingError as exc:
         raise _bad(f"'{KNOBS_FIELD}': {exc}", KNOBS_FIELD) from None
     sampling = SamplingConfig(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,

@@ -8,7 +8,10 @@ finds the engine free at once.
 
 Every request runs on a fresh Cascade over the shared models, and every model's cache is rolled back to
 empty when a generation begins (unless prefix reuse is asked for, which changes no output), so no
-request can see another's state, whatever happened to the one before it.
+request can see another's state, whatever happened to the one before it. One opt-in exception: a suffix
+drafter with its cross-request store (`--suffix-persist`) drafts from earlier outputs; greedy answers
+stay the same, but a seeded sample then also depends on the requests before it (drafts decide how the
+random stream is consumed), and per-level acceptance in `timings` reflects earlier requests' text.
 """
 
 from __future__ import annotations
@@ -77,22 +80,6 @@ class StopScanner:
     def release(self) -> str:
         out, self.sent = self.text[self.sent :], len(self.text)
         return out
-
-
-class _Decoder:
-    """Token batches -> text, whole characters only, specials skipped (as `csdrafting generate` prints)."""
-
-    def __init__(self, model) -> None:
-        self.stream = text_mod.StreamText(model)
-
-    def push(self, tokens: Sequence[int]) -> str:
-        return self.stream.push(tokens)
-
-    def flush(self) -> str:
-        native = self.stream.native
-        if native is not None and hasattr(native, "flush"):
-            return native.flush()
-        return ""
 
 
 @dataclass
@@ -170,14 +157,15 @@ class EngineWorker:
 
     @property
     def n_waiting(self) -> int:
-        return len(self._waiting)
+        """Queued requests whose client is still there (a cancelled one is skipped when its turn comes)."""
+        return sum(not j.cancelled.is_set() for j in self._waiting)
 
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
         job = Job(request, sink)
         with self._cond:
             if self._stopping:
                 raise APIError(503, "the server is shutting down", code="shutting_down")
-            if len(self._waiting) + self.n_running > self.max_queue:
+            if self.n_waiting + self.n_running > self.max_queue:
                 self.metrics.rejected("queue_full")
                 raise QueueFull(self.retry_after())
             self._waiting.append(job)
@@ -223,6 +211,7 @@ class EngineWorker:
                 else:
                     self._run(job)
             except CSDraftingError as exc:
+                self._cold_next = True  # a generation that failed part-way leaves its caches as they were
                 self.metrics.failed("invalid")
                 _emit(job, "error", APIError(400, str(exc)))
             except Exception as exc:  # never take the server down; the next request starts from a clean state
@@ -238,7 +227,7 @@ class EngineWorker:
         req = job.request
         started = time.perf_counter()
         cascade = Cascade(self.target, self.drafters, req.config)
-        decoder = _Decoder(self._text_model)
+        decoder = text_mod.StreamText(self._text_model)
         scanner = StopScanner(req.stop)
 
         def on_tokens(tokens: list[int]) -> None:

@@ -149,20 +149,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="JSONL cache of the target's outputs (resume; reuse across runs)")
     ap.add_argument("--store", action=argparse.BooleanOptionalAction, default=DEFAULT_SPEC.suffix_persist,
                     help="calibrate with the cross-request store, each dataset's texts walked in order as a server "
-                         "meets them (default: as the built-in default runs)")
+                         "meets them (the packaged calibration was made with it, so that --suffix-persist finds "
+                         "its buckets measured; default: as the built-in default runs)")
     args = ap.parse_args(argv)
     if args.prompts <= 0 or args.max_new_tokens <= 0:
         raise CSDraftingError("--prompts and --max-new-tokens must be positive")
     target = load_model(args.target, "llamacpp", args.threads, args.n_ctx)
     prompts = {ds: [ids for _, ids in _load_prompts(target, ds, args.prompts, "calibration", args.n_ctx, args.max_new_tokens)]
                for ds in args.datasets.split(",") if ds}
-    from ..drafters.corpus import load_default_qwen_bigram
+    from dataclasses import replace
 
-    table = load_default_qwen_bigram()
-    table = table if table.vocab_size == target.info.vocab_size else None
-    # calibrate the drafter as the built-in cascade runs it: with the packaged bigram fallback and the store
+    from ..spec import SUFFIX, statistical_drafter
+
+    # calibrate the drafter as the built-in cascade builds it (bigram fallback, context length, min-hits),
+    # with or without the store
+    spec = replace(DEFAULT_SPEC, target=args.target, suffix_calibration=None, suffix_persist=args.store)
     cal = calibrate(target, prompts, args.max_new_tokens,
-                    make_drafter=lambda: SuffixDrafter(bigram=table, persist=args.store), cache=Path(args.texts))
+                    make_drafter=lambda: statistical_drafter(spec, SUFFIX, target.info.vocab_size),
+                    cache=Path(args.texts))
     cal.meta["store"] = args.store
     cal.save(args.out)
     report(cal)

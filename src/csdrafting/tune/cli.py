@@ -23,11 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..protocol import CSDraftingError
+from ..spec import DEFAULT_TARGET  # the shipped precision: what a user runs
 from .acceptance import Trace
 from .model import MAXGRAM, CascadeModel, Config, Measurements
 from .replay import replay
 
-DEFAULT_TARGET = "qwen2.5-coder-1.5b:Q4_K_M"  # the shipped precision: what a user runs
 DEFAULT_DRAFTERS = ["qwen2.5-coder-0.5b:Q4_K_M", "qwen2.5-coder-0.5b:Q4_0", MAXGRAM]
 
 
