@@ -63,7 +63,7 @@ def _run_all(target, drafters, prompt, n, expect):
         "speculative k=4": generate(T, prompt, [D1], k=[[4]], max_new_tokens=n),
         "speculative small k=6": generate(T, prompt, [D2], k=[[6]], max_new_tokens=n),
         "maxgram only": generate(T, prompt, [MaxGram()], k=[[5]], max_new_tokens=n),
-        "maxgram fixed length": Cascade(T, [D1, MaxGram()], CascadeConfig.make([[4, 4], [0, 3]], maxgram_length=2)).generate(prompt, n),
+        "maxgram fixed length": Cascade(T, [D1, MaxGram()], CascadeConfig.make([[4, 4], [0, 3]], bottom_length=2)).generate(prompt, n),
         "2 drafters vertical": generate(T, prompt, [D1, D2], k=[[4, 4], [0, 3]], max_new_tokens=n),
         "2 drafters horizontal": generate(T, prompt, [D1, D2], k=[[2, 6], [0, 3]], max_new_tokens=n, lenience=2),
         "horizontal only (zero K row: D1 drafts by itself)": generate(T, prompt, [D1, D2], k=[[2, 6], [0, 0]], max_new_tokens=n),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from csdrafting import Cascade, CascadeConfig, MaxGram
-from csdrafting.drafters.corpus import load_default_qwen_bigram
+from csdrafting.drafters.bigram_corpus import load_default_qwen_bigram
 from csdrafting.exactness import TIE, examine, noise_threshold
 from csdrafting.bench.datasets import load
 from csdrafting.cascade.planning import CostCurve

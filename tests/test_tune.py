@@ -252,7 +252,7 @@ def test_replay_reproduces_the_engine(hash_calibration, drafters, k, mg):
         m.seconds = 0.0
     steps = 0
     for p in prompts:
-        steps += Cascade(t, models, CascadeConfig.make([list(r) for r in k], maxgram_length=mg)).generate(p, 150).metrics.target_steps
+        steps += Cascade(t, models, CascadeConfig.make([list(r) for r in k], bottom_length=mg)).generate(p, 150).metrics.target_steps
     rp = replay(Config(drafters, k, mg), cal.measurements, cal.traces)
     assert rp.target_steps == steps and rp.tokens == 150 * len(prompts)
     if MAXGRAM not in drafters:  # (without a bigram table Max-Gram proposes nothing where it has no match)
@@ -318,7 +318,7 @@ def test_tune_pipeline_on_synthetic_models():
     # the winner runs in the engine and gives the target's own text
     names = {"A": a, "B": b}
     ds = [names.get(d) or MaxGram() for d in best.config.drafters]
-    cfg = CascadeConfig.make([list(r) for r in best.config.k], maxgram_length=best.config.maxgram_length) if ds else None
+    cfg = CascadeConfig.make([list(r) for r in best.config.k], bottom_length=best.config.maxgram_length) if ds else None
     out = Cascade(t, ds, cfg).generate(prompts[0], 120).tokens
     assert out == res.calibration.traces[0].tokens
 
@@ -327,7 +327,7 @@ def test_tune_pipeline_on_synthetic_models():
 
 
 def test_tuned_config_round_trips(tmp_path):
-    from csdrafting.cli import _add_cascade_args, spec_from_args
+    from csdrafting.flags import add_cascade_args, spec_from_args
     from csdrafting.spec import CascadeSpec
 
     cfg = Config(("qwen2.5-coder-1.5b:Q4_K_M", "qwen2.5-coder-0.5b:Q4_K_M", MAXGRAM), ((3, 7, 13), (0, 2, 6), (0, 0, 5)), 4)
@@ -336,13 +336,13 @@ def test_tuned_config_round_trips(tmp_path):
     spec.save(path)
     back = CascadeSpec.load(path)
     assert back == spec
-    assert back.cascade_config().k.cumulative == cfg.k and back.maxgram_length == 4 and back.lenience == 1.0
+    assert back.cascade_config().k.cumulative == cfg.k and back.bottom_length == 4 and back.lenience == 1.0
     assert json.loads(path.read_text())["k_spelling"] == "cumulative"
     # what generate, demo and bench do with --config
     import argparse
 
     p = argparse.ArgumentParser()
-    _add_cascade_args(p)
+    add_cascade_args(p)
     assert spec_from_args(p.parse_args(["--config", str(path)])) == spec
 
 

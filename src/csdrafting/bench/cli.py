@@ -25,7 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..protocol import CSDraftingError
+from ..files import atomic_write
+from ..flags import add_cascade_args, spec_from_args
+from ..protocol import CSDraftingError, run_guarded
 from . import datasets as ds_mod
 from .llamacpp_bin import BIN_BASELINE
 from .methods import DEFAULT_GRIDS, ENGINE, ENGINE_METHODS, HF, LLAMA, LLAMA_BIN, PEERS, build_methods
@@ -79,8 +81,6 @@ def _names(choices):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import _add_cascade_args
-
     p = argparse.ArgumentParser(prog="csdrafting bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", nargs="?", choices=sorted(SUITES), help="quick (default) or full")
     p.add_argument("--suite", dest="suite_opt", choices=sorted(SUITES), help="the same, as an option")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-only", action="store_true", help="only rebuild summary.md and the plots from records.jsonl")
     p.add_argument("--fresh", action="store_true", help="move earlier results in --out aside (into old-<time>/) and start over")
     p.add_argument("--no-progress", action="store_true")
-    _add_cascade_args(p)
+    add_cascade_args(p)
     return p
 
 
@@ -191,7 +191,7 @@ def _check_settings(out: Path, settings: dict) -> None:
     path = out / "run.json"
     settings = json.loads(json.dumps(settings))  # compare as stored: tuples become lists
     if path.exists():
-        old = json.loads(path.read_text())["settings"]
+        old = _normalized(json.loads(path.read_text())["settings"])
         diff = [k for k in ("spec", "max_new_tokens", "timing", "hf_target", "hf_assistant") if old.get(k) != settings.get(k)]
         old_m = {m["name"]: m for m in old.get("methods", [])}
         diff += [f"method {m['name']}" for m in settings["methods"] if m["name"] in old_m and old_m[m["name"]] != m]
@@ -202,6 +202,19 @@ def _check_settings(out: Path, settings: dict) -> None:
             )
         settings = {**old, **settings, "methods": list({**old_m, **{m["name"]: m for m in settings["methods"]}}.values())}
     path.write_text(json.dumps({"settings": settings}, indent=1) + "\n")
+
+
+def _normalized(settings: dict) -> dict:
+    """Settings from an older run.json in today's spelling (renamed fields, per-drafter settings), so that
+    a resume compares what ran, not how it was written."""
+    from ..spec import CascadeSpec
+    from .methods import Method
+
+    out = dict(settings)
+    if isinstance(out.get("spec"), dict):
+        out["spec"] = CascadeSpec.parse(out["spec"]).to_json()
+    out["methods"] = [json.loads(json.dumps(Method.from_json(m).to_json())) for m in out.get("methods", [])]
+    return out
 
 
 def _archive(out: Path) -> None:
@@ -247,9 +260,7 @@ def prepare_prompts(out: Path, datasets: list[str], limit: int, cal: int, tokeni
         cache["eos"] = sorted(model.info.eos_token_ids)
         cache["tokenizer"] = model.info.label
         cache["prompts"] = list(have.values())
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(cache) + "\n")
-        tmp.replace(path)
+        atomic_write(path, json.dumps(cache) + "\n")
     return result, cache["eos"] or []
 
 
@@ -257,8 +268,6 @@ def prepare_prompts(out: Path, datasets: list[str], limit: int, cal: int, tokeni
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import spec_from_args
-
     argv_list = list(sys.argv[1:] if argv is None else argv)
     if argv_list[:1] == ["noise"]:
         from .noise import main as noise_main
@@ -269,14 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite and args.suite_opt and args.suite != args.suite_opt:
         parser.error(f"two suites given: {args.suite} and --suite {args.suite_opt}")
     args.suite = args.suite or args.suite_opt or "quick"
-    try:
-        return run(args, spec_from_args(args), argv)
-    except CSDraftingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+    return run_guarded(lambda: run(args, spec_from_args(args), argv), "interrupted: rerun the same command to resume")
 
 
 def run(args: argparse.Namespace, spec, argv) -> int:
@@ -296,15 +298,15 @@ def run(args: argparse.Namespace, spec, argv) -> int:
         raise CSDraftingError("--limit and --calibration-prompts must be >= 0 and --max-new-tokens > 0")
     grids = {k: v for k, v in {"sd": args.grid_sd, "maxgram": args.grid_maxgram, "oracle": args.grid_oracle,
                                 "llama-pld": args.grid_llama_pld}.items() if v}
-    from ..spec import STATISTICAL, CascadeSpec
+    from ..spec import CascadeSpec, neural
 
     also = [(Path(p).stem, CascadeSpec.load(p)) for p in args.also]
     methods = build_methods(spec, args.methods or ENGINE_METHODS, peers, args.sd_drafter, calibrate=cal > 0, grids=grids,
                             also=also)
     order = [m.name for m in methods]
-    neural = [d for d in (args.sd_drafter or spec.drafters) if d not in STATISTICAL]
+    models = neural(args.sd_drafter or spec.drafters)
     hf_target = args.hf_target or spec.target
-    hf_assistant = args.hf_assistant or (neural[0] if neural else None)
+    hf_assistant = args.hf_assistant or (models[0] if models else None)
     if "hf-assisted" in order and not hf_assistant:
         raise CSDraftingError("hf-assisted needs an assistant: give --hf-assistant or a neural drafter")
     command = "csdrafting bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -391,8 +393,7 @@ def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool
     settings = json.loads((out / "run.json").read_text())["settings"] if (out / "run.json").exists() else {}
     from .methods import Method
 
-    methods = [Method(**{k: (tuple(tuple(r) for r in v) if k == "k" and v else tuple(v) if k in ("drafters", "grid") else v)
-                         for k, v in m.items() if k != "baseline"}) for m in settings.get("methods", [])]
+    methods = [Method.from_json(m) for m in settings.get("methods", [])]
     choices = choose_lengths(methods, records) if methods else {}
     names = {}
     for r in records:

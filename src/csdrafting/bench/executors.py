@@ -14,14 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..cascade.config import CascadeConfig, KMatrix
+from ..cascade.config import CascadeConfig
 from ..cascade.engine import Cascade
 from ..cascade.metrics import GenerationMetrics, LevelMetrics
-from ..drafters.maxgram import MaxGram
+from ..cascade.overrides import override
+from ..drafters import registry
 from ..protocol import CSDraftingError
-from ..spec import (MAXGRAM, STATISTICAL, CascadeSpec, bigram_table, load_model, resolve, split_ref,
-                    statistical_drafter)
-from .methods import ENGINE, HF, LLAMA, LLAMA_BIN, Method, Oracle, model_name
+from ..spec import CascadeSpec, drafter_objects, load_models, resolve, split_ref
+from .methods import ENGINE, HF, LLAMA, LLAMA_BIN, ORACLE, Method, Oracle, model_name
 
 WARMUP_TEXT = "def fibonacci(n):\n"
 WARMUP_TOKENS = 4
@@ -75,14 +75,14 @@ class EngineExecutor:
 
     family = ENGINE
 
-    def __init__(self, target, models: dict, bigram=None, spec_config: CascadeConfig | None = None,
+    def __init__(self, target, models: dict, spec_config: CascadeConfig | None = None,
                  spec: CascadeSpec | None = None) -> None:
         """`models` maps each neural drafter ref used by the methods to its loaded model; `spec_config` is
         the spec's CascadeConfig, the base of methods marked `from_spec` (csd, vertical, horizontal); `spec`
-        configures statistical drafters other than Max-Gram and gives cost curves for dynamic methods."""
+        gives the statistical drafters' settings (unless a method brings its own) and cost curves for
+        dynamic methods."""
         self.target = target
         self.models = dict(models)
-        self.bigram = bigram
         self.spec_config = spec_config
         self.spec = spec
         self.oracle = Oracle()
@@ -92,16 +92,9 @@ class EngineExecutor:
     @classmethod
     def from_spec(cls, spec: CascadeSpec, methods: Sequence[Method], progress: bool = True) -> "EngineExecutor":
         """Load the spec's target and every neural drafter the methods name, on the spec's backend."""
-        target = load_model(spec.target, spec.backend, spec.threads, spec.n_ctx, progress, **spec.placement(spec.target))
-        models = {}
-        for m in methods:
-            for ref in m.drafters:
-                if ref not in (*STATISTICAL, "oracle") and ref not in models:
-                    models[ref] = load_model(ref, spec.backend, spec.threads, spec.n_ctx, progress, **spec.placement(ref))
-        bigram = None
-        if any(MAXGRAM in m.drafters for m in methods):
-            bigram = bigram_table(spec, target.info.vocab_size)
-        return cls(target, models, bigram, spec.cascade_config(), spec)
+        target = load_models(spec, [spec.target], progress)[spec.target]
+        refs = [ref for m in methods for ref in m.drafters if ref != ORACLE]
+        return cls(target, load_models(spec, refs, progress), spec.cascade_config(), spec)
 
     def describe_models(self) -> dict:
         return {ref: m.info.label for ref, m in {"target": self.target, **self.models}.items()}
@@ -117,24 +110,14 @@ class EngineExecutor:
         """The engine for one run. A statistical drafter with a cross-request store is kept per (method,
         drafter) across runs, as one server process keeps it across requests; each method has its own, so no
         method sees another's output of the same prompt."""
-        drafters = []
-        for ref in params["drafters"]:
-            if ref == MAXGRAM:
-                drafters.append(MaxGram(self.bigram))
-            elif ref == "oracle":
-                drafters.append(self.oracle)
-            elif ref in STATISTICAL:
-                if self.spec is None:
-                    raise CSDraftingError(f"the {ref} drafter needs the bench's cascade spec for its settings")
-                d = self._stores.get((method, ref))
-                if d is None:
-                    spec = dataclasses.replace(self.spec, **params.get("statistical", {}))
-                    d = statistical_drafter(spec, ref, self.target.info.vocab_size)
-                    if getattr(d, "store", None) is not None:
-                        self._stores[(method, ref)] = d
-                drafters.append(d)
-            else:
-                drafters.append(self.models[ref])
+        refs = params["drafters"]
+        settings = params["drafter_settings"] if "drafter_settings" in params else (
+            self.spec.drafter_settings if self.spec is not None else {})
+        given = {ORACLE: self.oracle, **{ref: d for (m, ref), d in self._stores.items() if m == method}}
+        drafters = drafter_objects(refs, settings, self.target.info.vocab_size, self.models, given)
+        for ref, d in zip(refs, drafters):
+            if registry.is_statistical(ref) and getattr(d, "store", None) is not None:
+                self._stores[(method, ref)] = d
         base = self.spec_config if params.get("from_spec") and self.spec_config is not None else CascadeConfig()
         config = method_config(base, params)
         if config.dynamic and drafters and config.costs is None:
@@ -144,7 +127,7 @@ class EngineExecutor:
 
     def _curve(self, ref: str):
         """The cost curve of a level for dynamic methods: the spec's measured one, else measured once here."""
-        if ref in (*STATISTICAL, "oracle"):
+        if ref == ORACLE or registry.is_statistical(ref):
             return None
         if ref not in self._curves:
             from ..cascade.planning import CostCurve, measure
@@ -189,25 +172,14 @@ class EngineExecutor:
 
 
 def method_config(base: CascadeConfig, params: dict) -> CascadeConfig:
-    """`base` with the method's K, lenience and Max-Gram length, then its `config` fields by name.
+    """`base` with the method's K, lenience and bottom length, then its `config` fields by name.
 
     Any field of CascadeConfig can be set through params["config"] (a dict; a field holding a dataclass
-    takes a dict of that dataclass's fields), so knobs added to the configuration later need no bench code.
+    takes a dict of the fields to change in it), so knobs added to the configuration later need no bench code.
     """
-    k = KMatrix.parse(params["k"], "cumulative") if params.get("k") is not None else None
-    fields: dict = {"k": k, "lenience": float(params.get("lenience", 1.0)), "maxgram_length": params.get("maxgram_length")}
-    known = {f.name for f in dataclasses.fields(base)}
-    for name, value in (params.get("config") or {}).items():
-        if name not in known:
-            raise CSDraftingError(f"method config field {name!r} is not a {type(base).__name__} field; known: {sorted(known)}")
-        current = getattr(base, name)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            value = dataclasses.replace(current, **value)
-        fields[name] = value
-    try:
-        return dataclasses.replace(base, **fields)
-    except TypeError as exc:
-        raise CSDraftingError(f"method config {params.get('config')}: {exc}") from None
+    length = params.get("bottom_length", params.get("maxgram_length"))  # records before the rename
+    config = override(base, {"k": params.get("k"), "lenience": float(params.get("lenience", 1.0)), "bottom_length": length})
+    return override(config, params.get("config") or {}, "method config field")
 
 
 # ------------------------------------------------------------------------------------------------ llama.cpp

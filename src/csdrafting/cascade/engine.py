@@ -274,7 +274,7 @@ class Cascade:
             "models": names,
             "K": self.config.k.to_json() if self.config.k else None,
             "lenience": self.config.lenience,
-            "maxgram_length": self.config.maxgram_length,
+            "maxgram_length": self.config.bottom_length,
             "dynamic": self.config.dynamic,
         }
 
@@ -346,8 +346,8 @@ class Cascade:
                 ctx = base + draft.tokens
                 if j == self.bottom or not k.reviews(j):  # a drafter with a zero K row drafts by itself
                     n = quota - len(draft)
-                    if isinstance(self.levels[j], StatisticalDrafter) and self.config.maxgram_length:
-                        n = self.config.maxgram_length
+                    if isinstance(self.levels[j], StatisticalDrafter) and self.config.bottom_length:
+                        n = self.config.bottom_length
                     got = self._propose(j, ctx, n, plan, len(draft))
                 else:
                     if plan is not None and not plan.worth_more(plan.value, len(draft), self.costs[j](1)):

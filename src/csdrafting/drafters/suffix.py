@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..files import atomic_write
 from ..protocol import CSDraftingError
 from .base import Proposal, StatisticalDrafter
 from .bigram import BigramTable
@@ -164,11 +165,7 @@ class Calibration:
         return cls({str(k): [int(v[0]), int(v[1])] for k, v in d["counts"].items()}, dict(d.get("meta", {})))
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        atomic_write(path, json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":

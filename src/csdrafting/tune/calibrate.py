@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(default_calibration_path()))
     ap.add_argument("--texts", default="runs/calibration-texts.jsonl",
                     help="JSONL cache of the target's outputs (resume; reuse across runs)")
-    ap.add_argument("--store", action=argparse.BooleanOptionalAction, default=DEFAULT_SPEC.suffix_persist,
+    from ..drafters import registry
+
+    default = registry.get("suffix").resolve(DEFAULT_SPEC.settings_of("suffix"))
+    ap.add_argument("--store", action=argparse.BooleanOptionalAction, default=default["persist"],
                     help="calibrate with the cross-request store, each dataset's texts walked in order as a server "
                          "meets them (the packaged calibration was made with it, so that --suffix-persist finds "
                          "its buckets measured; default: as the built-in default runs)")
@@ -157,15 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     target = load_model(args.target, "llamacpp", args.threads, args.n_ctx)
     prompts = {ds: [ids for _, ids in _load_prompts(target, ds, args.prompts, "calibration", args.n_ctx, args.max_new_tokens)]
                for ds in args.datasets.split(",") if ds}
-    from dataclasses import replace
-
-    from ..spec import SUFFIX, statistical_drafter
-
     # calibrate the drafter as the built-in cascade builds it (bigram fallback, context length, min-hits),
     # with or without the store
-    spec = replace(DEFAULT_SPEC, target=args.target, suffix_calibration=None, suffix_persist=args.store)
+    settings = {**DEFAULT_SPEC.settings_of("suffix"), "calibration": None, "persist": args.store}
     cal = calibrate(target, prompts, args.max_new_tokens,
-                    make_drafter=lambda: statistical_drafter(spec, SUFFIX, target.info.vocab_size),
+                    make_drafter=lambda: registry.build("suffix", settings, target.info.vocab_size),
                     cache=Path(args.texts))
     cal.meta["store"] = args.store
     cal.save(args.out)

@@ -26,6 +26,8 @@ from ..protocol import CSDraftingError
 from ..spec import DEFAULT_TARGET  # the shipped precision: what a user runs
 from .acceptance import Trace
 from .model import MAXGRAM, CascadeModel, Config, Measurements
+
+SUFFIX = "suffix"  # the statistical drafter the race tries (it says how confident each proposal is)
 from .replay import replay
 
 DEFAULT_DRAFTERS = ["qwen2.5-coder-0.5b:Q4_K_M", "qwen2.5-coder-0.5b:Q4_0", MAXGRAM]
@@ -94,8 +96,7 @@ def _load_prompts(target, dataset: str, n: int, split: str, n_ctx: int, max_new:
 
 def _load_models(target_ref: str, refs: list[str], backend: str, threads: int, n_ctx: int, place=lambda ref: {}):
     """Target, neural drafters by reference, and Max-Gram; place(ref) gives load_model's placement keywords."""
-    from ..drafters.corpus import load_default_qwen_bigram
-    from ..drafters.maxgram import MaxGram
+    from ..drafters import registry
     from ..spec import check_ref, load_model
 
     for ref in [target_ref, *refs]:  # fail on a bad name before loading gigabytes
@@ -110,9 +111,7 @@ def _load_models(target_ref: str, refs: list[str], backend: str, threads: int, n
     print(f"loading {target_ref} and {len([r for r in refs if r != MAXGRAM])} drafter(s) ({backend}, {threads} threads)", file=sys.stderr)
     target = load_model(target_ref, backend, threads, n_ctx, **place(target_ref))
     neural = {r: load_model(r, backend, threads, n_ctx, **place(r)) for r in refs if r != MAXGRAM}
-    table = load_default_qwen_bigram()
-    maxgram = MaxGram(table if table.vocab_size == target.info.vocab_size else None)
-    return target, neural, maxgram
+    return target, neural, registry.build(MAXGRAM, {}, target.info.vocab_size)
 
 
 def _fmt_k(k) -> str:
@@ -269,27 +268,33 @@ def _race_dynamic(args, static_spec, target, neural, maxgram, meas, cal, prompts
     """
     from dataclasses import replace
 
-    from ..spec import SUFFIX, statistical_drafter
+    from ..cascade.config import KMatrix
+    from ..drafters import registry
     from .race import Entry, race
 
     # calibrated as the race runs it (bigram fallback, store), else its sources would go unmeasured
-    measured_as = statistical_drafter(replace(static_spec, suffix_calibration=None), SUFFIX, target.info.vocab_size)
+    settings = registry.get(SUFFIX).resolve(static_spec.settings_of(SUFFIX))
+    measured_as = registry.build(SUFFIX, {**settings, "calibration": None}, target.info.vocab_size)
     suffix_cal = measured_as.calibrate([(tr.prompt, tr.tokens) for tr in cal.traces],
                                        meta={"target": args.target, "source": "csdrafting tune calibration traces",
-                                             "store": static_spec.suffix_persist})
+                                             "store": settings["persist"]})
     cal_path = Path(args.out).with_name(Path(args.out).stem + ".suffix.json")
     suffix_cal.save(cal_path)
     models = {args.target: target, **neural}
     costs = {ref: meas.costs[ref].to_json() for ref in models if ref in meas.costs}
-    base = replace(static_spec, dynamic=True, costs=costs, suffix_calibration=cal_path.name, lenience=1.0,
-                   maxgram_length=None, note="")
-    candidates = [replace(base, drafters=[SUFFIX], k=[[16]])]
-    for ref in neural:
-        candidates.append(replace(base, drafters=[ref, SUFFIX], k=[[12, 28], [0, 0]]))  # D, then suffix (horizontal)
-        candidates.append(replace(base, drafters=[ref, SUFFIX], k=[[12, 12], [0, 8]]))  # D reviewing suffix (vertical)
+    def calibrated(spec, path):
+        return replace(spec, drafter_settings={**spec.drafter_settings, SUFFIX: {**spec.settings_of(SUFFIX),
+                                                                                 "calibration": str(path)}})
+
+    base = replace(calibrated(static_spec, cal_path.name), dynamic=True, costs=costs, lenience=1.0,
+                   bottom_length=None, note="")
+    candidates = [replace(base, drafters=[SUFFIX], k=KMatrix.parse([[16]]))]
+    for ref in neural:  # D, then suffix (horizontal); D reviewing suffix (vertical)
+        candidates.append(replace(base, drafters=[ref, SUFFIX], k=KMatrix.parse([[12, 28], [0, 0]])))
+        candidates.append(replace(base, drafters=[ref, SUFFIX], k=KMatrix.parse([[12, 12], [0, 8]])))
 
     def engine(spec):
-        return lambda: _spec_engine(replace(spec, suffix_calibration=str(cal_path)), target, neural, maxgram)
+        return lambda: _spec_engine(calibrated(spec, cal_path), target, neural, maxgram)
 
     entries = [Entry(f"static best: {static_spec.describe()}", engine(static_spec), static_spec)]
     entries += [Entry(c.describe(), engine(c), c) for c in candidates]
@@ -360,33 +365,25 @@ def validation_grid(candidates: list[str]) -> list[Config]:
 
 
 def _spec_config(spec) -> Config:
-    k = spec.cascade_config().k
-    return Config(tuple(spec.drafters), k.cumulative if k else None,
-                  spec.maxgram_length if MAXGRAM in spec.drafters else None)
+    return Config(tuple(spec.drafters), spec.k.cumulative if spec.k else None,
+                  spec.bottom_length if MAXGRAM in spec.drafters else None)
 
 
 def _spec_engine(spec, target, neural: dict, maxgram):
     """The cascade a spec describes, over models already loaded (statistical drafters built as the spec
     configures them; cost curves from the spec, else measured now)."""
     from ..cascade.engine import Cascade
-    from ..spec import STATISTICAL, cost_curves, statistical_drafter
+    from ..spec import cost_curves, drafter_objects
 
-    drafters = []
-    for ref in spec.drafters:
-        if ref == MAXGRAM:
-            drafters.append(maxgram)
-        elif ref in STATISTICAL:
-            drafters.append(statistical_drafter(spec, ref, target.info.vocab_size))
-        else:
-            drafters.append(neural[ref])
+    drafters = drafter_objects(spec.drafters, spec.drafter_settings, target.info.vocab_size, neural)
     return Cascade(target, drafters, spec.cascade_config(cost_curves(spec, [target, *drafters], progress=False)))
 
 
 def _modelled(spec) -> bool:
     """Whether the tuner's static model can predict this spec (static K over neural drafters and Max-Gram)."""
-    from ..spec import STATISTICAL
+    from ..drafters import registry
 
-    return not spec.dynamic and all(d == MAXGRAM or d not in STATISTICAL for d in spec.drafters)
+    return not spec.dynamic and all(d == MAXGRAM or not registry.is_statistical(d) for d in spec.drafters)
 
 
 def _engine(target, neural, maxgram, c: Config):
@@ -397,7 +394,7 @@ def _engine(target, neural, maxgram, c: Config):
         return Cascade(target, [])
     ds = [maxgram if d == MAXGRAM else neural[d] for d in c.drafters]
     mg = c.maxgram_length if MAXGRAM in c.drafters else None
-    return Cascade(target, ds, CascadeConfig.make([list(r) for r in c.k], maxgram_length=mg))
+    return Cascade(target, ds, CascadeConfig.make([list(r) for r in c.k], bottom_length=mg))
 
 
 def run_validate(args: argparse.Namespace, out=None) -> int:
@@ -420,8 +417,8 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
     for e in extra:
         if e.target != spec.target:
             raise CSDraftingError(f"--also {e.target} has another target than {args.validate} ({spec.target})")
+    from ..drafters import registry
     from ..exactness import TIE, examine, noise_threshold
-    from ..spec import STATISTICAL
 
     # a static config over neural drafters and Max-Gram is predicted by the tuner's model; a cost-aware one
     # or one with the suffix drafter (what the race writes) is measured only, built from its spec
@@ -438,7 +435,7 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
         if key not in seen:
             seen.add(key)
             configs.append(c)
-    refs = sorted({d for c in configs for d in c.drafters if d == MAXGRAM or d not in STATISTICAL})
+    refs = sorted({d for c in configs for d in c.drafters if d == MAXGRAM or not registry.is_statistical(d)})
     target, neural, maxgram = _load_models(spec.target, refs, spec.backend, spec.threads, spec.n_ctx, spec.placement)
     prompts = _load_prompts(target, report["settings"]["dataset"], n_prompts, "eval", spec.n_ctx, max_new)
     engines = [_engine(target, neural, maxgram, c) if isinstance(c, Config) else _spec_engine(c, target, neural, maxgram)
@@ -478,8 +475,8 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
     for i, c in enumerate(configs):
         n_tok = sum(n for _, n in work[i])
         if not isinstance(c, Config):  # measured only
-            rows.append({"config": _label(c), "drafters": list(c.drafters), "k": c.cascade_config().k.cumulative
-                         if c.cascade_config().k else None, "maxgram_length": c.maxgram_length, "predicted": None,
+            rows.append({"config": _label(c), "drafters": list(c.drafters), "k": c.k.cumulative
+                         if c.k else None, "maxgram_length": c.bottom_length, "predicted": None,
                          "analytic": None, "measured": n_tok / seconds[i], "predicted_tokens_per_pass": None,
                          "measured_tokens_per_pass": n_tok / steps[i], "tuned": i == 0})
             continue
@@ -532,8 +529,7 @@ def _label(c) -> str:
     """A validated configuration's name: a Config's own description, or a spec's drafters, K and mode."""
     if isinstance(c, Config):
         return c.describe()
-    k = c.cascade_config().k
-    return (f"{' > '.join(c.drafters) or 'plain'} K={_fmt_k(k.cumulative if k else None)}"
+    return (f"{' > '.join(c.drafters) or 'plain'} K={_fmt_k(c.k.cumulative if c.k else None)}"
             + (" cost-aware" if c.dynamic else ""))
 
 
