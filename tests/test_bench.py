@@ -486,6 +486,37 @@ def test_settings_change_is_refused(tmp_path):
         _check_settings(tmp_path, {**s, "max_new_tokens": 128})
 
 
+def test_run_json_from_before_the_renames_resumes(tmp_path):
+    """A run.json written before bottom_length and per-drafter settings describes the same run."""
+    import json
+
+    from csdrafting.bench.cli import _check_settings
+    from csdrafting.bench.methods import Method
+
+    suffix_spec = CascadeSpec(target=T, drafters=[D, "suffix"], k=[[3, 6], [0, 4]],
+                              drafter_settings={"suffix": {"persist": True}})
+    other = CascadeSpec(target=T, drafters=["suffix"], k=[[8]], dynamic=True)
+    methods = build_methods(suffix_spec, also=[("other", other)])
+    s = {"spec": suffix_spec.to_json(), "max_new_tokens": 64, "timing": "e2e", "hf_target": None,
+         "hf_assistant": None, "methods": [m.to_json() for m in methods]}
+    flat = {"bigram": "default", "suffix_calibration": "default", "suffix_max_ngram": 12, "suffix_min_count": 1,
+            "suffix_persist": False}
+    old_spec = {k: v for k, v in s["spec"].items() if k not in ("bottom_length", "drafter_settings")}
+    old_spec.update(flat, suffix_persist=True, maxgram_length=None)
+    old_methods = []
+    for m in s["methods"]:
+        m = {("maxgram_length" if k == "bottom_length" else k): v for k, v in m.items()}
+        if m["name"] == "cfg:other":
+            m["params"] = {"statistical": flat}
+        old_methods.append(m)
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {**s, "spec": old_spec, "methods": old_methods}}))
+    _check_settings(tmp_path, s)  # the same run, in today's spelling: resumed, not refused
+    again = [Method.from_json(m) for m in old_methods]
+    assert again == methods and [m.params for m in again] == [m.params for m in methods]
+    with pytest.raises(CSDraftingError, match="spec"):
+        _check_settings(tmp_path, {**s, "spec": {**s["spec"], "drafter_settings": {"suffix": {"persist": False}}}})
+
+
 class _FakeTokenizer:
     """transformers-style: encode(text, add_special_tokens) and apply_chat_template(tokenize=False)."""
 

@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(func=cmd_bigram)
 
     for name, mod, helptext in (
-        ("bench", "bench.cli", "benchmark CS Drafting against plain decoding, speculative decoding and peers"),
-        ("tune", "tune.cli", "choose the cascade and K from costs and acceptance measured on this machine"),
-        ("calibrate", "tune.calibrate", "measure the suffix drafter's acceptance per feature bucket on calibration prompts"),
+        ("bench", "bench.cli:main", "benchmark CS Drafting against plain decoding, speculative decoding and peers"),
+        ("tune", "tune.cli:main", "choose the cascade and K from costs and acceptance measured on this machine"),
+        ("calibrate", "tune.cli:calibrate_main", "measure the suffix drafter's acceptance per feature bucket on calibration prompts"),
     ):
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.set_defaults(delegate=mod)
@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "delegate", None):  # each of these applies the same exit rule itself
         import importlib
 
-        return importlib.import_module(f"csdrafting.{args.delegate}").main(rest)
+        module, function = args.delegate.split(":")
+        return getattr(importlib.import_module(f"csdrafting.{module}"), function)(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return run_guarded(lambda: args.func(args))

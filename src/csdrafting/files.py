@@ -4,9 +4,13 @@ complete (a rename within a folder is atomic). An interrupted write leaves the o
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from .protocol import CSDraftingError
 
 
 def partial_path(path: Path) -> Path:
@@ -35,3 +39,14 @@ def atomic_write(path: str | Path, data: str | bytes, fsync: bool = False) -> No
     """Write `data` (text as UTF-8) to `path` atomically."""
     with atomic_path(path, fsync) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def read_json(path: str | Path, what: str, missing: str = "") -> Any:
+    """The JSON in `path`; a CSDraftingError naming `what` the file is (and `missing`: how to make one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CSDraftingError(f"{what} {path} does not exist{'; ' + missing if missing else ''}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CSDraftingError(f"{what} {path} is not valid JSON: {exc}") from None

@@ -47,14 +47,16 @@ def add_drafter_setting_args(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group(f"{entry.name} drafter ({entry.description.split(':')[0]})")
         for s in entry.settings:
             dest = _setting_dest(entry.name, s.name)
-            default = f"default {s.default}" if s.default is not None else "default none"
+            default = ("default " + ("on" if s.default else "off") if isinstance(s.default, bool)
+                       else f"default {s.default!r}" if isinstance(s.default, str) else f"default {s.default}")
             # SUPPRESS: a flag not given leaves no attribute, so `none` given is told from nothing given
             if s.type is bool:
                 g.add_argument(s.flag(entry.name), dest=dest, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=f"{s.help} ({default})")
             else:
-                g.add_argument(s.flag(entry.name), dest=dest, default=argparse.SUPPRESS, metavar=s.type.__name__.upper(),
-                               type=_setting_type(s), help=f"{s.help} ({default})")
+                metavar = "|".join([*s.keywords, "FILE", *(["none"] if s.optional else [])]) if s.keywords else None
+                g.add_argument(s.flag(entry.name), dest=dest, default=argparse.SUPPRESS,
+                               metavar=metavar or s.type.__name__.upper(), type=_setting_type(s), help=f"{s.help} ({default})")
 
 
 def _setting_type(s: registry.Setting) -> Callable[[str], Any]:

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from .cascade.config import LEGACY_FIELDS, CascadeConfig, KMatrix
 from .drafters import registry
-from .files import atomic_write
+from .files import atomic_write, read_json
 from .protocol import CSDraftingError
 
 
@@ -170,13 +170,7 @@ class CascadeSpec:
     @classmethod
     def load(cls, path: str | Path) -> "CascadeSpec":
         path = Path(path)
-        if not path.is_file():
-            raise CSDraftingError(f"cascade config {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CSDraftingError(f"cascade config {path} is not valid JSON: {exc}") from None
-        return cls.from_json(data, folder=path.parent)  # e.g. a calibration `tune` wrote beside the config
+        return cls.from_json(read_json(path, "cascade config"), folder=path.parent)  # e.g. a calibration `tune` wrote beside the config
 
     def describe(self) -> str:
         k = self.k.rows() if self.k else "-"

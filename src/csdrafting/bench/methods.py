@@ -244,10 +244,7 @@ def build_methods(
     if bad_peers:
         raise CSDraftingError(f"unknown peer(s) {sorted(bad_peers)}; choose from {list(PEERS)}")
     spec.validate()
-    models = neural(spec.drafters)
-    # the vertical row ends in the spec's own statistical level (Max-Gram when the spec has none)
-    bottom = spec.drafters[-1] if spec.drafters and registry.is_statistical(spec.drafters[-1]) else PAPER_BOTTOM
-    sd_drafters = list(models if sd_drafters is None else sd_drafters)
+    sd_drafters = list(neural(spec.drafters) if sd_drafters is None else sd_drafters)
     if any(registry.is_statistical(d) for d in sd_drafters):
         raise CSDraftingError("a statistical drafter alone is the method 'maxgram' (or an --also config), not an sd drafter")
 
@@ -255,61 +252,67 @@ def build_methods(
         grid = tuple(grids[kind]) if calibrate else ()
         return {"grid": grid if len(grid) > 1 else (), "default": grid[0] if len(grid) == 1 else DEFAULT_K[kind]}
 
-    out: list[Method] = []
     wanted = list(dict.fromkeys(methods))
-    if wanted:
-        out.append(Method("plain", ENGINE, "target alone, autoregressive (the baseline)"))
-    cascade_k = spec.k
+    out = [Method("plain", ENGINE, "target alone, autoregressive (the baseline)")] if wanted else []
     for kind in wanted:
-        if kind == "sd":
-            for ref in sd_drafters:
-                out.append(Method(
-                    f"sd:{model_label(ref)}", ENGINE,
-                    f"speculative decoding, drafter {ref} drafting k tokens autoregressively",
-                    drafters=(ref,), **tuned("sd"),
-                ))
-        elif kind == "maxgram":
-            out.append(Method("maxgram", ENGINE, "Max-Gram alone as the drafter, k tokens per proposal",
-                              drafters=(PAPER_BOTTOM,), **tuned("maxgram")))
-        elif kind == "vertical":
-            if not models:
-                continue  # needs at least one neural drafter to review Max-Gram
-            chain = tuple(models) + (bottom,)
-            rows = vertical_k(cascade_k, len(chain), spec.drafters)
-            out.append(Method("vertical", ENGINE, "vertical cascade only: each level reviews only the drafts of the "
-                              f"level right below it, down to {bottom}", drafters=chain, k=_cumulative(rows),
-                              lenience=spec.lenience, bottom_length=spec.bottom_length, from_spec=True))
-        elif kind == "horizontal":
-            if cascade_k is None or cascade_k.size < 2:
-                continue  # needs a cascade of at least two drafters
-            rows = horizontal_k(cascade_k)
-            out.append(Method(kind, ENGINE, "horizontal cascade only: the target reviews drafts filled by each drafter "
-                              "in turn, no drafter reviews another", drafters=tuple(spec.drafters),
-                              k=_cumulative(rows), lenience=spec.lenience, bottom_length=spec.bottom_length,
-                              from_spec=True))
-        elif kind == "csd":
-            if cascade_k is None:
-                continue
-            out.append(Method("csd", ENGINE, f"CS Drafting: {spec.describe()}", drafters=tuple(spec.drafters),
-                              k=cascade_k.cumulative, lenience=spec.lenience, bottom_length=spec.bottom_length,
-                              from_spec=True))
-        elif kind == "oracle":
-            out.append(Method("oracle", ENGINE, "the target's own greedy output as a free k-token draft (ceiling)",
-                              drafters=("oracle",), **tuned("oracle")))
-    for name, other in also:
-        other.validate()
-        if other.target != spec.target:
-            raise CSDraftingError(f"--also {name}: its target {other.target} is not the bench's target {spec.target}")
-        # its statistical drafters run with its own settings (the bench's spec gives the cost curves)
-        out.append(Method(f"cfg:{name}", ENGINE, f"config {name}: {other.describe()}", drafters=tuple(other.drafters),
-                          k=other.k.cumulative if other.k else None, lenience=other.lenience,
-                          bottom_length=other.bottom_length, config={"dynamic": other.dynamic},
-                          params={"drafter_settings": other.drafter_settings}))
+        out += _engine_methods(kind, spec, sd_drafters, tuned)
+    out += [_also_method(name, other, spec) for name, other in also]
+    out += _peer_methods(peers, sd_drafters, tuned)
+    names = [m.name for m in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise CSDraftingError(f"duplicate method names {sorted(dup)}: give each sd drafter once")
+    return out
+
+
+def _engine_methods(kind: str, spec: CascadeSpec, sd_drafters: list[str], tuned) -> list[Method]:
+    """The rows of one engine method kind (none where the spec cannot make it)."""
+    models = neural(spec.drafters)
+    spec_k = spec.k
+    from_spec = dict(lenience=spec.lenience, bottom_length=spec.bottom_length, from_spec=True)
+    if kind == "sd":
+        return [Method(f"sd:{model_label(ref)}", ENGINE, f"speculative decoding, drafter {ref} drafting k tokens "
+                       "autoregressively", drafters=(ref,), **tuned("sd")) for ref in sd_drafters]
+    if kind == "maxgram":
+        return [Method("maxgram", ENGINE, "Max-Gram alone as the drafter, k tokens per proposal",
+                       drafters=(PAPER_BOTTOM,), **tuned("maxgram"))]
+    if kind == "vertical" and models:  # needs at least one neural drafter to review the bottom
+        # the vertical row ends in the spec's own statistical level (Max-Gram when the spec has none)
+        bottom = spec.drafters[-1] if registry.is_statistical(spec.drafters[-1]) else PAPER_BOTTOM
+        chain = tuple(models) + (bottom,)
+        rows = vertical_k(spec_k, len(chain), spec.drafters)
+        return [Method("vertical", ENGINE, "vertical cascade only: each level reviews only the drafts of the level "
+                       f"right below it, down to {bottom}", drafters=chain, k=_cumulative(rows), **from_spec)]
+    if kind == "horizontal" and spec_k is not None and spec_k.size >= 2:  # needs two drafters at least
+        return [Method(kind, ENGINE, "horizontal cascade only: the target reviews drafts filled by each drafter in "
+                       "turn, no drafter reviews another", drafters=tuple(spec.drafters),
+                       k=_cumulative(horizontal_k(spec_k)), **from_spec)]
+    if kind == "csd" and spec_k is not None:
+        return [Method("csd", ENGINE, f"CS Drafting: {spec.describe()}", drafters=tuple(spec.drafters),
+                       k=spec_k.cumulative, **from_spec)]
+    if kind == "oracle":
+        return [Method("oracle", ENGINE, "the target's own greedy output as a free k-token draft (ceiling)",
+                       drafters=(ORACLE,), **tuned("oracle"))]
+    return []
+
+
+def _also_method(name: str, other: CascadeSpec, spec: CascadeSpec) -> Method:
+    other.validate()
+    if other.target != spec.target:
+        raise CSDraftingError(f"--also {name}: its target {other.target} is not the bench's target {spec.target}")
+    # its statistical drafters run with its own settings (the bench's spec gives the cost curves)
+    return Method(f"cfg:{name}", ENGINE, f"config {name}: {other.describe()}", drafters=tuple(other.drafters),
+                  k=other.k.cumulative if other.k else None, lenience=other.lenience, bottom_length=other.bottom_length,
+                  config={"dynamic": other.dynamic}, params={"drafter_settings": other.drafter_settings})
+
+
+def _peer_methods(peers: Sequence[str], sd_drafters: list[str], tuned) -> list[Method]:
+    """The peers' rows, each family's plain decoding first."""
+    out = []
     if "llama-pld" in peers:
         out.append(Method("llama-plain", LLAMA, "llama-cpp-python Llama.generate, greedy, no draft model"))
-        t = tuned("llama-pld")
         out.append(Method("llama-pld", LLAMA, "llama-cpp-python Llama with LlamaPromptLookupDecoding(num_pred_tokens=k)",
-                          params={"max_ngram_size": 2}, **t))
+                          params={"max_ngram_size": 2}, **tuned("llama-pld")))
     hf = [p for p in peers if p.startswith("hf-")]
     if hf:
         out.append(Method("hf-plain", HF, "transformers generate, greedy, float32"))
@@ -321,7 +324,8 @@ def build_methods(
                               default=DEFAULT_K["hf-pld"]))
     bin_peers = [p for p in BIN_PEERS if p in peers]
     if bin_peers or BIN_BASELINE in peers:
-        out.append(Method(BIN_BASELINE, LLAMA_BIN, "llama.cpp's own llama-completion (plain decoding, greedy)", params={"spec_type": "none"}))
+        out.append(Method(BIN_BASELINE, LLAMA_BIN, "llama.cpp's own llama-completion (plain decoding, greedy)",
+                          params={"spec_type": "none"}))
         for p in bin_peers:
             what = p.removeprefix("llama-cpp-")
             drafters = tuple(sd_drafters[:1]) if what == "draft-simple" else ()
@@ -330,8 +334,4 @@ def build_methods(
             out.append(Method(p, LLAMA_BIN, f"llama.cpp's own llama-speculative-simple --spec-type {what}"
                               + (f" -md {drafters[0]}" if drafters else "") + ", library defaults, greedy",
                               drafters=drafters, params={"spec_type": what}))
-    names = [m.name for m in out]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise CSDraftingError(f"duplicate method names {sorted(dup)}: give each sd drafter once")
     return out

@@ -57,10 +57,6 @@ class Row:
     speedup_min: float | None = None  # the worst prompt's ratio to the baseline
 
     @property
-    def exact_rate(self) -> float | None:
-        return self.exact_matches / self.exact_compared if self.exact_compared else None
-
-    @property
     def is_baseline(self) -> bool:
         return self.method == self.baseline
 

@@ -27,8 +27,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from ..drafters.base import StatisticalDrafter
-from ..drafters.maxgram import common_prefix
-from ..protocol import ArgmaxExtension, CSDraftingError, LanguageModel, cache_stamps, check_compatible
+from ..protocol import ArgmaxExtension, CSDraftingError, LanguageModel, cache_stamps, check_compatible, common_prefix
 from . import acceptance
 from .acceptance import Q
 from .config import CascadeConfig, SamplingConfig

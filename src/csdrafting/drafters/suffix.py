@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..files import atomic_write
-from ..protocol import CSDraftingError
+from ..files import atomic_write, read_json
+from ..protocol import CSDraftingError, common_prefix
 from .base import Proposal, StatisticalDrafter
 from .bigram import BigramTable
-from .maxgram import common_prefix
 
 REQUEST, STORE, BIGRAM = "req", "store", "bigram"
 
@@ -169,13 +168,8 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
-        path = Path(path)
-        if not path.is_file():
-            raise CSDraftingError(f"calibration file {path} does not exist; make one with `csdrafting calibrate --out {path}` (or `csdrafting tune`)")
-        try:
-            return cls.from_json(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise CSDraftingError(f"calibration file {path} is not valid JSON: {exc}") from None
+        return cls.from_json(read_json(path, "calibration file",
+                                       f"make one with `csdrafting calibrate --out {path}` (or `csdrafting tune`)"))
 
 
 class SuffixDrafter(StatisticalDrafter):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..protocol import run_guarded
 from . import integrity
-from .hf import MARKER, ensure_hf_weights, hf_weights_path
+from .checkpoints import MARKER, ensure_hf_weights, hf_weights_path
 from .models import cache_status, ensure_model, model_path
 from .paths import cache_dir, wheels_dir
 from .registry import BASE_TIER, TIERS, get_spec, list_models, normalize_tier
