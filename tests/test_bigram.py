@@ -126,6 +126,7 @@ def qwen_vocab(qwen05_gguf):
     return gguf, llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
 
 
+@pytest.mark.real
 def test_packaged_table_matches_tokenizer_and_predicts(qwen_vocab):
     from csdrafting.drafters.bigram_corpus import _tokenizer_info
 

@@ -210,6 +210,7 @@ N_SAMPLES = 3000
 ALPHA = 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_sampling_in_reduced_precision(dtype):
     """Sampling through the backend in `dtype`: the cascade's 3-token outputs against the target's

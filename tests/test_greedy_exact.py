@@ -84,7 +84,9 @@ def _run_all(target, drafters, prompt, n, expect):
     return runs
 
 
-@pytest.mark.parametrize("prompt", PROMPTS)
+# every configuration on every prompt is a long sweep (minutes on 2 cores): the shortest prompt stays in
+# the fast suite, the others are `slow`
+@pytest.mark.parametrize("prompt", [pytest.param(p, marks=[pytest.mark.slow] if i < 2 else []) for i, p in enumerate(PROMPTS)])
 def test_greedy_equals_target_generate(family, prompt):
     _, target, drafters = family
     expect = _reference(target, prompt, N_NEW)

@@ -12,6 +12,8 @@ from csdrafting.cascade.planning import CostCurve
 from csdrafting.spec import DEFAULT_SPEC, build, load_model
 from csdrafting.text import encode
 
+pytestmark = pytest.mark.real  # the packaged Qwen2.5-Coder weights, from the model store
+
 N_NEW = 48
 
 
