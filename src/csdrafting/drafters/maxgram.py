@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .base import StatisticalDrafter
+from ..sequences import common_prefix
 from .bigram import BigramTable
 
 
@@ -91,16 +92,6 @@ class SuffixAutomaton:
             return 0, -1
         s = self.link[self.last]
         return self.length[s], self.firstpos[s]
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    if n and a[n - 1] == b[n - 1] and list(a[:n]) == list(b[:n]):
-        return n
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class MaxGram(StatisticalDrafter):
