@@ -645,10 +645,10 @@ def test_also_configs_and_the_suffix_drafter_run_as_bench_rows(tmp_path):
     cfg = ex.cascade(also_row.resolve(), also_row.name).config
     assert cfg.dynamic and len(cfg.costs) == 3 and cfg.costs[2] is None and cfg.costs[0] is not None
     # the --also row's own suffix settings (no store); the spec's csd row keeps its store across runs, its own
-    assert ex.cascade(also_row.resolve(), also_row.name).levels[2].store is None
+    assert ex.cascade(also_row.resolve(), also_row.name).drafters[1].store is None
     csd = next(m for m in methods if m.name == "csd")
-    d1_, d2_ = (ex.cascade(csd.resolve(), csd.name).levels[1] for _ in range(2))
+    d1_, d2_ = (ex.cascade(csd.resolve(), csd.name).drafters[0] for _ in range(2))
     assert d1_ is d2_ and d1_.store is not None and len(d1_.store.text) > 0  # it stored the csd run's output
-    assert ex.cascade(csd.resolve(), "another method").levels[1] is not d1_
+    assert ex.cascade(csd.resolve(), "another method").drafters[0] is not d1_
     with pytest.raises(CSDraftingError, match="not the bench's target"):
         build_methods(spec, ["plain"], also=[("x", CascadeSpec(target=str(paths["D"])))])

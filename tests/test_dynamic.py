@@ -296,7 +296,7 @@ def test_confidence_is_the_drafters_probability():
     row = ds[0].logits_at(PROMPT, len(PROMPT) - 1)
     p = np.exp(row - row.max())
     p /= p.sum()
-    d = c._propose(1, [], 1)  # the state generate() left: same prompt, greedy
+    d = c.levels[1].propose(c.run, [], 1)  # the state generate() left: same prompt, greedy
     assert d.tokens == [int(np.argmax(row))] and abs(d.conf[0] - p.max()) < 1e-9
 
 

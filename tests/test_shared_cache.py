@@ -16,7 +16,7 @@ import pytest
 
 import context_lm
 from csdrafting import Cascade, CascadeConfig, MaxGram
-from csdrafting.cascade.engine import _ModelLevel
+from csdrafting.cascade.rows import RowCache
 
 PROMPT = [3, 4, 5, 3, 4]
 
@@ -30,7 +30,7 @@ def _fresh_rows(model, seq, start):
 def test_two_levels_on_one_model_never_see_stale_rows(cls):
     """Two engine levels over one instance, interleaved at random: every row matches a fresh computation."""
     target, _ = context_lm.family(cls=cls)
-    users = [_ModelLevel(0, target, "target"), _ModelLevel(1, target, "drafter")]
+    users = [RowCache(target), RowCache(target)]
     for u in users:
         u.begin(PROMPT)
     texts = [[], []]  # what each user has generated so far
@@ -58,7 +58,7 @@ def test_stamped_model_still_reuses_its_own_rows():
     """The safety costs nothing when nobody else touched the cache: the row at the divergence point is
     reused, so a rejected draft costs only the new tokens."""
     target, _ = context_lm.family()
-    lv = _ModelLevel(0, target, "target")
+    lv = RowCache(target)
     lv.begin(PROMPT)
     lv.logits_after([5, 6, 7, 2], 0)
     before = target.tokens_evaluated
@@ -68,7 +68,7 @@ def test_stamped_model_still_reuses_its_own_rows():
 
 def test_stampless_model_pays_one_token_instead_of_reusing():
     target, _ = context_lm.family(cls=context_lm.StamplessContextLM)
-    lv = _ModelLevel(0, target, "target")
+    lv = RowCache(target)
     lv.begin(PROMPT)
     lv.logits_after([5, 6, 7, 2], 0)
     before = target.tokens_evaluated

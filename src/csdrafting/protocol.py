@@ -114,17 +114,6 @@ class Tokenizer(Protocol):
     def decode(self, tokens: Sequence[int]) -> str: ...
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens two sequences share (a cache and the text it should hold, mostly)."""
-    n = min(len(a), len(b))
-    if n and a[n - 1] == b[n - 1] and list(a[:n]) == list(b[:n]):  # the usual case, in one C-level compare
-        return n
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def check_compatible(target: ModelInfo, drafter: ModelInfo) -> None:
     """Raise if a drafter cannot draft for the target (different vocabulary)."""
     if drafter.vocab_size != target.vocab_size:

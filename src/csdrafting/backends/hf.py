@@ -140,9 +140,13 @@ class HFCausalLM(_HFBase):
             from transformers import DynamicCache
 
             self._cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=self._ids(tokens), cache=self._cache, use_cache=True, logits_to_keep=len(tokens) - logits_from)
+        if not 0 <= logits_from <= len(tokens):
+            raise CSDraftingError(f"logits_from={logits_from} is outside [0, {len(tokens)}]")
+        # logits_to_keep=0 means "all rows" to transformers: a pass that needs none keeps one and drops it
+        keep = len(tokens) - logits_from
+        out = self.model(input_ids=self._ids(tokens), cache=self._cache, use_cache=True, logits_to_keep=max(keep, 1))
         self._written(tokens)
-        return out.logits[0]
+        return out.logits[0, out.logits.shape[1] - keep:]
 
     @classmethod
     def from_pretrained(

@@ -35,11 +35,11 @@ def _engine(cascade, prompt: list[int], n: int) -> tuple[list[int], float]:
     the engine's EOS set empty, so that every run decodes exactly n tokens."""
     cascade.eos = frozenset()
     cascade.target.rollback(0)
-    lv = cascade.levels[0]
-    lv.begin(prompt)
-    lv.logits_after([], 0)  # prefill outside the clock, as for llama-cpp-python
+    rows = cascade.levels[0].rows
+    rows.begin(prompt)
+    rows.logits_after([], 0)  # the whole prompt's pass outside the clock, as for llama-cpp-python
     r = cascade.generate(prompt, n, keep_cache=True)
-    return r.tokens, r.metrics.seconds
+    return r.tokens, r.metrics.decode_seconds
 
 
 def _theirs(llm, prompt: list[int], n: int) -> tuple[list[int], float]:

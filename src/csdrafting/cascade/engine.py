@@ -21,27 +21,31 @@ statistical level keeps only the prefix of its proposal that pays; an empty draf
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 import numpy as np
 
 from ..drafters.base import StatisticalDrafter
-from ..protocol import ArgmaxExtension, CSDraftingError, LanguageModel, cache_stamps, check_compatible, common_prefix
-from . import acceptance
-from .acceptance import Q
+from ..protocol import CSDraftingError, LanguageModel, check_compatible
 from .config import CascadeConfig, SamplingConfig
-from .metrics import GenerationMetrics, LevelMetrics
-from .planning import CostCurve, DraftValue, best_length, worth_more
-from .sampling import sample, softmax, warp
+from .levels import Draft, Level, ModelLevel, Run, StatisticalLevel
+from .metrics import GenerationMetrics
+from .planning import CostCurve, StepPlan
 
 Drafter = Union[LanguageModel, StatisticalDrafter]
+__all__ = ["Cascade", "Draft", "Drafter", "GenerationResult", "StopGeneration"]
+
+# Prompts are prefilled in passes of at most this many tokens (llama.cpp's default batch), between which
+# a caller may stop the generation (on_prefill).
+PREFILL_CHUNK = 512
 
 
 class StopGeneration(Exception):
-    """Raised by an `on_tokens` callback to end a generation between two target steps.
+    """Raised by an `on_tokens` or `on_prefill` callback to end a generation.
 
-    The tokens of the step that was just passed to the callback are kept; `reason` becomes the result's
+    From on_tokens (between two target steps) the tokens of the step just passed are kept; from on_prefill
+    (between two prefill passes) the generation ends with no tokens. `reason` becomes the result's
     finish_reason (a server uses "stop" for a stop string it found, "cancelled" for a client that left).
     """
 
@@ -51,120 +55,9 @@ class StopGeneration(Exception):
 
 
 @dataclass
-class Draft:
-    """Tokens after a base, each with the distribution it was drawn from and the level that emitted it."""
-
-    tokens: list[int] = field(default_factory=list)
-    qs: list[Q] = field(default_factory=list)
-    src: list[int] = field(default_factory=list)
-    # predicted conditional acceptance of each token, from the side that drafted it (dynamic drafting)
-    conf: list[float | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def extend(self, other: "Draft") -> None:
-        self.tokens += other.tokens
-        self.qs += other.qs
-        self.src += other.src
-        self.conf += other.conf
-
-    def truncate(self, n: int) -> None:
-        del self.tokens[n:], self.qs[n:], self.src[n:], self.conf[n:]
-
-    def clip(self, n: int, eos: frozenset[int]) -> bool:
-        """Keep at most n tokens and nothing after an EOS; True if the draft now ends in EOS."""
-        for i, t in enumerate(self.tokens[:n]):
-            if t in eos:
-                n = i + 1
-                break
-        self.truncate(n)
-        return bool(self.tokens) and self.tokens[-1] in eos
-
-
-class _ModelLevel:
-    """A neural model as seen by the engine: maps (generated tokens, start) to logits rows.
-
-    It keeps the logits rows it has computed for positions still in the cache, so that after a rollback
-    the row at the divergence point is reused instead of re-evaluating the token before it. When such a
-    row is gone (it was never computed, or was forgotten), the cache rolls back one token further and
-    recomputes it: always correct, at the price of one extra token in the batch.
-
-    The model instance may be shared (one model at two levels, or by two cascades), and then another
-    user may have rolled back and rewritten the cache since a row was kept. Each row is therefore kept
-    with the cache stamp of its position (protocol.LanguageModel.cache_stamps) and reused only while
-    that stamp is unchanged. A model without stamps gets no reuse across calls: its rows live for one
-    call only, which costs one extra token per review but cannot go stale.
-
-    Under strict greedy decoding only each row's argmax is needed (`top_only`); a model with
-    `extend_argmax` then keeps its rows on its device and only the id is kept here.
-    """
-
-    def __init__(self, level: int, model: LanguageModel, kind: str) -> None:
-        self.model = model
-        self.argmax_ext = isinstance(model, ArgmaxExtension)  # a runtime Protocol check: once, not per call
-        self.prefix: list[int] = []
-        # position -> (its cache stamp then, full row or argmax id)
-        self.rows: dict[int, tuple[int, np.ndarray | int]] = {}
-        self.metrics = LevelMetrics(level, model.info.label, kind, model.info.n_params)
-
-    def begin(self, prompt: Sequence[int]) -> None:
-        # kept rows need no filtering here: logits_after checks each against the cache's tokens and stamps
-        self.prefix = list(self.model.begin(prompt))
-
-    def logits_after(self, generated: Sequence[int], start: int, top_only: bool = False) -> np.ndarray:
-        """Rows predicting generated[start], ..., generated[-1] and the token after: len - start + 1 rows
-        (with top_only, only their argmax ids)."""
-        seq = self.prefix + list(generated)
-        first = len(self.prefix) + start - 1  # input position whose output predicts generated[start]
-        cached = self.model.cached_tokens
-        stamps = cache_stamps(self.model)
-        if stamps is None:
-            self.rows = {}
-        keep = min(common_prefix(cached, seq), len(seq))
-        rows = self.rows
-        for pos in range(first, keep):
-            kept = rows.get(pos)
-            if kept is None or kept[0] != stamps[pos] or not (top_only or isinstance(kept[1], np.ndarray)):
-                keep = pos
-                break
-        if keep < len(cached):
-            self.model.rollback(keep)
-            for p in [p for p in rows if p >= keep]:
-                del rows[p]
-        if keep < len(seq):
-            new = seq[keep:]
-            logits_from = max(0, first - keep)
-            ids_only = top_only and self.argmax_ext
-            t0 = time.perf_counter()
-            if ids_only:
-                out = self.model.extend_argmax(new, logits_from=logits_from)
-            else:
-                out = self.model.extend(new, logits_from=logits_from)
-            self.metrics.seconds += time.perf_counter() - t0
-            self.metrics.forward_passes += 1
-            self.metrics.tokens_evaluated += len(new)
-            at = keep + logits_from
-            stamps = cache_stamps(self.model)
-            for i, row in enumerate(out):
-                rows[at + i] = (stamps[at + i] if stamps is not None else 0, int(row) if ids_only else row)
-            if at == first and not top_only:  # the new rows are exactly the ones asked for: no need to copy
-                return out
-        got = [rows[p][1] for p in range(first, len(seq))]
-        if top_only:
-            return np.array([r if isinstance(r, int) else int(np.argmax(r)) for r in got], dtype=np.int64)
-        return np.stack(got)
-
-    def forget_before(self, pos: int) -> None:
-        """Drop rows the engine can no longer ask for (positions before the committed text)."""
-        for p in [p for p in self.rows if p < pos]:
-            del self.rows[p]
-
-
-@dataclass
 class GenerationResult:
     tokens: list[int]
-    finish_reason: str  # "eos", "length", or the reason of a StopGeneration raised by on_tokens
+    finish_reason: str  # "eos", "length", or the reason of a StopGeneration raised by a callback
     metrics: GenerationMetrics
     config: dict
 
@@ -195,13 +88,14 @@ class Cascade:
                 )
         self.target = target
         self.drafters = drafters
-        self.levels: list[_ModelLevel | StatisticalDrafter] = [_ModelLevel(0, target, "target")]
-        for i, d in enumerate(drafters, start=1):
-            self.levels.append(d if isinstance(d, StatisticalDrafter) else _ModelLevel(i, d, "drafter"))
-        self.bottom = len(self.levels) - 1
-        self.eos = frozenset(target.info.eos_token_ids)
+        self.bottom = len(drafters)
         self.dynamic = self.config.dynamic and self.bottom > 0  # plain decoding has nothing to plan
-        self.costs = self._check_costs()
+        costs = self._check_costs([target, *drafters])
+        self.levels: list[Level] = [
+            StatisticalLevel(i, m, self.config.bottom_length) if isinstance(m, StatisticalDrafter) else ModelLevel(i, m, c)
+            for i, (m, c) in enumerate(zip([target, *drafters], costs))
+        ]
+        self.eos = frozenset(target.info.eos_token_ids)
 
     # ----------------------------------------------------------------------------------------------------
     def generate(
@@ -211,11 +105,17 @@ class Cascade:
         sampling: SamplingConfig | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
         keep_cache: bool = False,
+        on_prefill: Callable[[int, int], None] | None = None,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> GenerationResult:
         """Generate up to max_new_tokens after `prompt`, calling on_tokens with each batch of new tokens.
 
-        on_tokens may raise StopGeneration to end the generation there (stop strings, cancellation); it is
-        called between target steps, so every model's cache is consistent when it does.
+        The prompt but its last token is first prefilled into every neural level in passes of at most
+        `prefill_chunk` tokens (the last one goes with the first draft into the first review, so prefilling
+        apart adds no pass); `on_prefill(done, total)` runs after each pass. Either callback may raise StopGeneration to end the
+        generation there (stop strings, cancellation); they run between forward passes, so every model's
+        cache is consistent when they do. `metrics.prefill_seconds` is the time of that phase, so
+        `metrics.decode_seconds` is what decoding alone took.
 
         keep_cache=True lets each model reuse the KV cache of the previous generation for the prefix it
         shares with this one (same output, less prefill); the default starts every model cold, so that
@@ -224,32 +124,41 @@ class Cascade:
         sampling = sampling or SamplingConfig()
         prompt = [int(t) for t in prompt]
         self._check_inputs(prompt, max_new_tokens)
-        self.sampling = sampling
-        self.rng = np.random.default_rng(sampling.seed)
+        if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+            raise CSDraftingError(f"prefill_chunk must be a positive integer (got {prefill_chunk!r})")
         self.max_new = max_new_tokens
-        self.want_q = sampling.do_sample or self.config.lenience > 1
-        self.prompt = prompt
-        self.metrics = GenerationMetrics(self._fresh_metrics())
+        metrics = GenerationMetrics([lv.metrics for lv in self.levels])
+        run = self.run = Run(
+            sampling=sampling,
+            rng=np.random.default_rng(sampling.seed),
+            lenience=self.config.lenience,
+            want_q=sampling.do_sample or self.config.lenience > 1,
+            dynamic=self.dynamic,
+            eos=self.eos,
+            prompt=prompt,
+            metrics=metrics,
+        )
+        t0 = time.perf_counter()
         for lv in self.levels:
-            if isinstance(lv, _ModelLevel):
-                if not keep_cache:
-                    lv.model.rollback(0)
-                lv.begin(prompt)
-            else:
-                lv.begin(prompt)
+            lv.begin(prompt, keep_cache)
+        metrics.levels = [lv.metrics for lv in self.levels]
         self._check_context(prompt, max_new_tokens)
 
-        t0 = time.perf_counter()
         generated: list[int] = []
         finish = "length"
-        while len(generated) < max_new_tokens:
-            got = self._propose(self.bottom, generated, 1) if self.bottom == 0 else self._step(0, generated)
+        try:
+            for lv in self.levels:
+                lv.prefill(run, prefill_chunk, on_prefill)
+        except StopGeneration as stop:
+            finish = stop.reason
+        metrics.prefill_seconds = time.perf_counter() - t0
+        while finish == "length" and len(generated) < max_new_tokens:
+            got = self.levels[0].propose(run, generated, 1) if self.bottom == 0 else self._step(0, generated)
             ends = got.clip(max_new_tokens - len(generated), self.eos)
             generated += got.tokens
-            self.metrics.target_steps += 1
+            metrics.target_steps += 1
             for lv in self.levels:
-                if isinstance(lv, _ModelLevel):
-                    lv.forget_before(len(lv.prefix) + len(generated) - 1)
+                lv.committed(run, generated)
             if on_tokens:
                 try:
                     on_tokens(list(got.tokens))
@@ -258,52 +167,38 @@ class Cascade:
                     break
             if ends:
                 finish = "eos"
-                break
-        self.metrics.seconds = time.perf_counter() - t0
-        self.metrics.new_tokens = len(generated)
-        if isinstance(self.levels[self.bottom], StatisticalDrafter):
-            self.levels[self.bottom].end(prompt + generated)
-        return GenerationResult(generated, finish, self.metrics, self.describe())
+        metrics.seconds = time.perf_counter() - t0
+        metrics.new_tokens = len(generated)
+        for lv in self.levels:
+            lv.end(prompt + generated)
+        return GenerationResult(generated, finish, metrics, self.describe())
 
     def describe(self) -> dict:
-        names = [self.target.info.label] + [
-            d.name if isinstance(d, StatisticalDrafter) else d.info.label for d in self.drafters
-        ]
         return {
-            "models": names,
+            "models": [lv.metrics.name for lv in self.levels],
             "K": self.config.k.to_json() if self.config.k else None,
             "lenience": self.config.lenience,
             "maxgram_length": self.config.bottom_length,
             "dynamic": self.config.dynamic,
         }
 
-    def _check_costs(self) -> list[CostCurve | None]:
+    def _check_costs(self, models: list) -> list[CostCurve | None]:
         """Dynamic drafting needs a measured cost curve for every neural level (target first)."""
         if not self.dynamic:
-            return [None] * len(self.levels)
+            return [None] * len(models)
         costs = list(self.config.costs or ())
-        if len(costs) != len(self.levels):
+        if len(costs) != len(models):
             raise CSDraftingError(
-                f"dynamic drafting needs one cost curve per level ({len(self.levels)}: the target, then each drafter; "
+                f"dynamic drafting needs one cost curve per level ({len(models)}: the target, then each drafter; "
                 f"None for a statistical one), got {len(costs)}: measure them with `csdrafting tune` or "
                 "csdrafting.cascade.planning.measure"
             )
-        for i, (lv, c) in enumerate(zip(self.levels, costs)):
-            if isinstance(lv, _ModelLevel) and not isinstance(c, CostCurve):
-                raise CSDraftingError(f"level {i} ({lv.metrics.name}) is a neural model and needs a CostCurve, got {c!r}")
+        for i, (m, c) in enumerate(zip(models, costs)):
+            if isinstance(m, LanguageModel) and not isinstance(c, CostCurve):
+                raise CSDraftingError(f"level {i} ({m.info.label}) is a neural model and needs a CostCurve, got {c!r}")
         return costs
 
     # ----------------------------------------------------------------------------------------------------
-    def _fresh_metrics(self) -> list[LevelMetrics]:
-        out = []
-        for i, lv in enumerate(self.levels):
-            if isinstance(lv, _ModelLevel):
-                lv.metrics = LevelMetrics(i, lv.metrics.name, lv.metrics.kind, lv.metrics.n_params)
-                out.append(lv.metrics)
-            else:
-                out.append(LevelMetrics(i, lv.name, "statistical", 0))
-        return out
-
     def _check_inputs(self, prompt: list[int], max_new_tokens: int) -> None:
         if not prompt:
             raise CSDraftingError("the prompt is empty: give at least one token (e.g. the BOS token) to condition on")
@@ -316,7 +211,7 @@ class Cascade:
 
     def _check_context(self, prompt: list[int], max_new_tokens: int) -> None:
         for lv in self.levels:
-            if isinstance(lv, _ModelLevel):
+            if isinstance(lv, ModelLevel):
                 info = lv.model.info
                 need = len(lv.prefix) + max_new_tokens
                 if need > info.context_length:
@@ -328,34 +223,34 @@ class Cascade:
                         "larger context"
                     )
 
-    def _room(self, base: Sequence[int]) -> int:
-        """Draft tokens that can still matter after `base`: the review adds one more."""
-        return self.max_new - len(base) - 1
-
     def _step(self, r: int, base: list[int]) -> Draft:
-        """Reviewer r: fill a draft from the levels below it (K row r), then review it in one pass."""
+        """Reviewer r: fill a draft from the levels below it (K row r), then review it in one pass.
+
+        Horizontal: drafter levels j = r+1, r+2, ... fill the draft in turn up to their cumulative quotas
+        K[r][j]. Vertical: a neural drafter fills its share by reviewing drafts of the levels below it;
+        the bottom level (and a drafter whose K row is zero) drafts alone. With dynamic drafting each level
+        keeps only what pays at r's measured cost, and a level whose confidence falls hands over to the next.
+        """
+        run, k = self.run, self.config.k
         draft = Draft()
-        room = self._room(base)
-        k = self.config.k
-        plan = _Plan(self.costs[r]) if self.dynamic else None
+        room = self.max_new - len(base) - 1  # draft tokens that can still matter: the review adds one more
+        plan = StepPlan(self.levels[r].cost) if self.dynamic else None
         for j in range(r + 1, self.bottom + 1):
+            lv = self.levels[j]
             quota = min(k.quota(r, j), room)
             ends = stalled = False
             while len(draft) < quota:
                 ctx = base + draft.tokens
-                if j == self.bottom or not k.reviews(j):  # a drafter with a zero K row drafts by itself
-                    n = quota - len(draft)
-                    if isinstance(self.levels[j], StatisticalDrafter) and self.config.bottom_length:
-                        n = self.config.bottom_length
-                    got = self._propose(j, ctx, n, plan, len(draft))
+                if j == self.bottom or not k.reviews(j):  # the bottom, or a drafter with a zero K row, drafts alone
+                    got = lv.propose(run, ctx, quota - len(draft), plan, len(draft))
                 else:
-                    if plan is not None and not plan.worth_more(plan.value, len(draft), self.costs[j](1)):
+                    if plan is not None and not plan.worth_more(plan.value, len(draft), lv.cost(1)):
                         break  # even a sure token from D_j would not pay for its pass: hand over to the next level
                     got = self._step(j, ctx)
                 if plan is not None and got:
                     keep = plan.keep(got.conf, len(draft))
                     if keep < len(got):
-                        self.metrics.levels[j].dropped += len(got) - keep
+                        lv.metrics.dropped += len(got) - keep
                         got.truncate(keep)
                         stalled = True  # confidence fell: the rest of the draft goes to the cheaper level below
                     plan.add(got.conf)
@@ -367,110 +262,4 @@ class Cascade:
                     break
             if ends:
                 break
-        return self._review(r, base, draft)
-
-    def _review(self, r: int, base: list[int], draft: Draft) -> Draft:
-        lv = self.levels[r]
-        lenience = 1.0 if r == 0 else self.config.lenience
-        want_q = self.want_q and r > 0
-        # argmax ids suffice, unless a dynamic drafting reviewer hands its confidence upward
-        strict_greedy = self.sampling.greedy and lenience == 1.0 and not want_q and not (self.dynamic and r > 0)
-        rows = lv.logits_after(base + draft.tokens, len(base), top_only=strict_greedy)
-        if strict_greedy:
-            v = acceptance.review_argmax(rows, draft.tokens)
-        elif self.sampling.greedy:
-            v = acceptance.review_greedy(rows, draft.tokens, draft.qs, lenience, want_q)
-        else:
-            v = acceptance.review_sampling(_Warped(rows, self.sampling), draft.tokens, draft.qs, lenience, self.rng, want_q)
-        lv.metrics.record_review(len(draft), v.n_accepted)
-        for i, s in enumerate(draft.src):
-            m = self.metrics.levels[s]
-            m.drafted += 1
-            m.accepted += i < v.n_accepted
-        n = len(v.tokens)
-        # a drafting reviewer's confidence in what it hands upward: its own probability of each token
-        conf = [_prob(rows[i], t) for i, t in enumerate(v.tokens)] if self.dynamic and r > 0 else [None] * n
-        return Draft(v.tokens, v.qs if want_q else [None] * n, [r] * n, conf)
-
-    def _propose(self, j: int, base: list[int], n: int, plan: "_Plan | None" = None, have: int = 0) -> Draft:
-        """The bottom level proposes up to n tokens after base (`have` tokens already in the reviewer's draft)."""
-        lv = self.levels[j]
-        if isinstance(lv, StatisticalDrafter):
-            t0 = time.perf_counter()
-            prop = lv.propose_scored(self.prompt + base, n)
-            m = self.metrics.levels[j]
-            m.seconds += time.perf_counter() - t0
-            m.proposals += 1
-            k = len(prop.tokens)
-            return Draft(prop.tokens, [None] * k, [j] * k, prop.confidence)
-        # a neural bottom drafts autoregressively (classic speculative decoding; plain decoding when j == 0)
-        lv.metrics.proposals += 1
-        out = Draft()
-        want_q = self.want_q and j > 0
-        value = replace(plan.value) if plan is not None else None
-        # argmax ids suffice unless a probability is needed (lenience's q, or a dynamic drafter's confidence)
-        strict_greedy = self.sampling.greedy and not want_q and not (self.dynamic and j > 0)
-        for _ in range(n):
-            if plan is not None and not plan.worth_more(value, have + len(out), self.costs[j](1)):
-                break
-            row = lv.logits_after(base + out.tokens, len(base) + len(out), top_only=strict_greedy)[-1]
-            if strict_greedy:
-                x, q, c = int(row), None, None
-            elif self.sampling.greedy:
-                x = int(np.argmax(row))
-                q: Q = float(softmax(row)[x]) if want_q else None
-                c = q if isinstance(q, float) else (_prob(row, x) if self.dynamic else None)
-            else:
-                p = warp(row, self.sampling)
-                x = sample(p, self.rng)
-                q = p if want_q else None
-                c = float(p[x])
-            out.tokens.append(x)
-            out.qs.append(q)
-            out.src.append(j)
-            out.conf.append(c)
-            if value is not None:
-                value.add(c)
-            if x in self.eos:
-                break
-        return out
-
-
-def _prob(row: np.ndarray, token: int) -> float:
-    """softmax(row)[token], without materializing the distribution."""
-    x = np.asarray(row, dtype=np.float64)
-    return float(1.0 / np.exp(x - x[token]).sum())
-
-
-class _Plan:
-    """Cost-aware drafting for one reviewer's step: the draft's value so far and the time spent on it."""
-
-    def __init__(self, review: CostCurve) -> None:
-        self.review = review
-        self.value = DraftValue()
-        self.t0 = time.perf_counter()
-
-    def spent(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def keep(self, conf: Sequence[float | None], have: int) -> int:
-        return best_length(conf, self.review, self.value, have, self.spent())
-
-    def worth_more(self, value: DraftValue, have: int, next_cost: float) -> bool:
-        return worth_more(value, self.review, have, self.spent(), next_cost)
-
-    def add(self, conf: Sequence[float | None]) -> None:
-        for c in conf:
-            self.value.add(c)
-
-
-class _Warped:
-    """Lazily warped rows: a review that rejects early never pays for the rows after it."""
-
-    def __init__(self, rows: np.ndarray, cfg: SamplingConfig) -> None:
-        self.rows, self.cfg, self.cache = rows, cfg, {}
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        if i not in self.cache:
-            self.cache[i] = warp(self.rows[i], self.cfg)
-        return self.cache[i]
+        return self.levels[r].review(run, base, draft)

@@ -25,7 +25,7 @@ class LevelMetrics:
     name: str
     kind: str  # "target", "drafter" or "statistical"
     n_params: int
-    forward_passes: int = 0
+    forward_passes: int = 0  # reviews and proposals (the prompt's prefill passes are counted apart)
     tokens_evaluated: int = 0
     seconds: float = 0.0
     proposals: int = 0  # calls as the bottom proposer
@@ -35,6 +35,7 @@ class LevelMetrics:
     drafted: int = 0
     accepted: int = 0
     dropped: int = 0  # proposed, but not drafted: cost-aware drafting judged them not worth their review
+    prefill_passes: int = 0  # passes over the prompt before the first step (their tokens are in tokens_evaluated)
 
     def record_review(self, draft_len: int, n_accepted: int) -> None:
         self.reviews += 1
@@ -50,7 +51,7 @@ class LevelMetrics:
     def add(self, other: "LevelMetrics") -> None:
         """Add another generation's counts of the same level (a server's totals since it started)."""
         for f in ("forward_passes", "tokens_evaluated", "seconds", "proposals", "reviews", "drafted", "accepted",
-                  "dropped"):
+                  "dropped", "prefill_passes"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
         add_counts(self.reviewed_by_position, other.reviewed_by_position)
         add_counts(self.accepted_by_position, other.accepted_by_position)
@@ -70,12 +71,24 @@ class LevelMetrics:
 class GenerationMetrics:
     levels: list[LevelMetrics]
     new_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # end to end: the prompt's prefill and the decoding
     target_steps: int = 0  # iterations of the outer loop, each ending in one target forward pass
+    prefill_seconds: float = 0.0  # bringing the prompt into every level's cache (and index)
 
     @property
     def tokens_per_second(self) -> float:
+        """End to end, as a user waits for it (prefill included)."""
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def decode_seconds(self) -> float:
+        return max(0.0, self.seconds - self.prefill_seconds)
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        """Decoding alone, as llama.cpp's own timers print it (the prompt's prefill excluded)."""
+        d = self.decode_seconds
+        return self.new_tokens / d if d > 0 else 0.0
 
     @property
     def tokens_per_target_pass(self) -> float:
@@ -95,6 +108,8 @@ class GenerationMetrics:
         d = asdict(self)
         d.update(
             tokens_per_second=self.tokens_per_second,
+            decode_seconds=self.decode_seconds,
+            decode_tokens_per_second=self.decode_tokens_per_second,
             tokens_per_target_pass=self.tokens_per_target_pass,
             standardized_cost=self.standardized_cost,
             standardized_walltime_improvement=self.standardized_walltime_improvement(),
@@ -115,7 +130,8 @@ class GenerationMetrics:
                 f"{lv.drafted:>8} {lv.accepted:>9} {acc:>6}"
             )
         lines.append(
-            f"{self.new_tokens} new tokens in {self.seconds:.2f} s = {self.tokens_per_second:.2f} tok/s; "
+            f"{self.new_tokens} new tokens in {self.seconds:.2f} s = {self.tokens_per_second:.2f} tok/s end to end "
+            f"({self.decode_tokens_per_second:.2f} decoding, after a {self.prefill_seconds:.2f} s prefill); "
             f"{self.tokens_per_target_pass:.2f} tokens per target pass; "
             f"standardized walltime improvement {self.standardized_walltime_improvement():.2f}x"
         )

@@ -188,3 +188,25 @@ def worth_more(value: DraftValue, review: CostCurve, have: int, spent: float, ne
     now = value.expected / (spent + review(have + 1))
     best_next = (value.expected + value.survive) / (spent + next_cost + review(have + 2))
     return best_next > now
+
+
+class StepPlan:
+    """Cost-aware drafting for one reviewer's step: the draft's value so far and the time spent on it."""
+
+    def __init__(self, review: CostCurve) -> None:
+        self.review = review
+        self.value = DraftValue()
+        self.t0 = time.perf_counter()
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def keep(self, conf: Sequence[float | None], have: int) -> int:
+        return best_length(conf, self.review, self.value, have, self.spent())
+
+    def worth_more(self, value: DraftValue, have: int, next_cost: float) -> bool:
+        return worth_more(value, self.review, have, self.spent(), next_cost)
+
+    def add(self, conf: Sequence[float | None]) -> None:
+        for c in conf:
+            self.value.add(c)

@@ -10,7 +10,10 @@ one class behind this small interface, and the engine knows them only through it
   accepted given that the tokens before it were (None where the drafter cannot say). The engine's
   cost-aware drafting (cascade/planning.py) uses it to decide how many of them are worth a review.
 - `begin(prompt)` / `end(tokens)`: a generation starts / has finished with these tokens (prompt and
-  output); drafters that learn across requests update there.
+  output); drafters that learn across requests update there. `begin` runs in the engine's prefill
+  phase, so indexing the prompt there is prompt work, not decoding.
+- `committed(seq)`: the target has committed seq (prompt + output so far); drafters that learn within a
+  request update there.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ class StatisticalDrafter(ABC):
 
     def begin(self, prompt: Sequence[int]) -> None:
         """A new generation starts after `prompt`."""
+
+    def committed(self, seq: Sequence[int]) -> None:
+        """The target has committed `seq` (prompt + output so far); drafters that learn within a request
+        (how often their proposals were right) look at the new tokens here."""
 
     def end(self, tokens: Sequence[int]) -> None:
         """The generation has finished: `tokens` is the prompt followed by everything generated."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..protocol import common_prefix
 from .base import StatisticalDrafter
+from ..sequences import common_prefix
 from .bigram import BigramTable
 
 

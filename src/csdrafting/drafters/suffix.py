@@ -16,8 +16,20 @@ says how likely each one is to be accepted, so that the engine drafts only what 
 
 Each proposal falls in a feature bucket (source, match length, agreement of the occurrences), and its
 confidence is the acceptance rate measured for that bucket along the target's own output on calibration
-prompts (`calibrate`); `Calibration` holds those rates. The index and the store are updated in O(max_ngram)
-per token with an undo log, so proposing and rolling back cost microseconds per token.
+prompts (`calibrate`); `Calibration` holds those rates. The match length is measured past max_ngram, up
+to `long_match` tokens, by comparing the text before the most recent occurrence with the text before the
+current position: an output that copies a long span of its input (a code edit, an answer quoting a
+document) reaches the long buckets, whose proposals are accepted nearly always, and the planner then
+drafts long chains (llama.cpp's ngram-mod drafts 48-64 tokens after a 24-token match, or nothing).
+
+Within a request the drafter also learns (`committed`): at every position the target commits, it compares
+what it would have proposed first with what came, and shifts the confidence of that family of buckets
+(source and match-length class) by the request's own surplus or shortfall against the calibration, shrunk
+towards zero while the request has few observations. A request that keeps rejecting a kind of proposal
+stops being offered it; one that copies more than calibration expected drafts longer.
+
+The index and the store are updated in O(max_ngram) per token with an undo log, so proposing and rolling
+back cost microseconds per token.
 """
 
 from __future__ import annotations
@@ -29,7 +41,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..files import atomic_write, read_json
-from ..protocol import CSDraftingError, common_prefix
+from ..protocol import CSDraftingError
+from ..sequences import common_prefix
 from .base import Proposal, StatisticalDrafter
 from .bigram import BigramTable
 
@@ -37,26 +50,37 @@ REQUEST, STORE, BIGRAM = "req", "store", "bigram"
 
 
 class NgramCounts:
-    """Next-token counts after every context of 1..max_n tokens of a growing text, with undo."""
+    """Next-token counts after every context of 1..max_n tokens of a growing text, with undo.
+
+    `last[key]` is the position in `text` of the most recent continuation of context `key`. `start` marks
+    where the current segment begins: contexts never reach before it (a store of several outputs keeps
+    them in one text, but no context joins one output to the next).
+    """
 
     def __init__(self, max_n: int, undo: bool = True) -> None:
         self.max_n = max_n
         self.text: list[int] = []
+        self.start = 0
         self.counts: dict[tuple[int, ...], dict[int, int]] = {}
-        self.last: dict[tuple[int, ...], int] = {}  # most recent continuation of each context
+        self.last: dict[tuple[int, ...], int] = {}
         self._undo: list[list[tuple[tuple[int, ...], int | None]]] | None = [] if undo else None
+
+    def new_segment(self) -> None:
+        """Later tokens start a new text: no context spans the boundary."""
+        self.start = len(self.text)
 
     def append(self, t: int) -> None:
         text, counts, last = self.text, self.counts, self.last
+        pos = len(text)
         changes = []
-        for n in range(1, min(self.max_n, len(text)) + 1):
+        for n in range(1, min(self.max_n, pos - self.start) + 1):
             key = tuple(text[-n:])
             d = counts.get(key)
             if d is None:
                 d = counts[key] = {}
             d[t] = d.get(t, 0) + 1
             changes.append((key, last.get(key)))
-            last[key] = t
+            last[key] = pos
         text.append(t)
         if self._undo is not None:
             self._undo.append(changes)
@@ -85,13 +109,15 @@ class NgramCounts:
                     del last[key]
                 else:
                     last[key] = prev
+        self.start = min(self.start, len(self.text))
 
-    def lookup(self, context: Sequence[int], min_count: int = 1, min_n: int = 1) -> tuple[int, int, int, int] | None:
-        """(n, token, count, total) for the longest context suffix of >= min_n tokens seen before, or None.
-
-        The token is the most frequent continuation (ties: the most recent); it must have been seen at
-        least min_count times, else the next shorter context is tried.
-        """
+    def lookup_at(
+        self, context: Sequence[int], min_count: int = 1, min_n: int = 1
+    ) -> tuple[int, int, int, int, int] | None:
+        """(n, token, count, total, pos) for the longest context suffix of >= min_n tokens seen before, or
+        None. The token is the most frequent continuation (ties: the most recent); it must have been seen
+        at least min_count times, else the next shorter context is tried. pos is the position in `text` of
+        the context's most recent continuation (which may be another token than the proposed one)."""
         for n in range(min(self.max_n, len(context)), min_n - 1, -1):
             key = tuple(context[-n:])
             d = self.counts.get(key)
@@ -100,19 +126,59 @@ class NgramCounts:
             best = max(d.values())
             if best < min_count:
                 continue
-            recent = self.last[key]
+            pos = self.last[key]
+            recent = self.text[pos]
             tok = recent if d.get(recent) == best else max(d, key=d.__getitem__)
-            return n, tok, best, sum(d.values())
+            return n, tok, best, sum(d.values()), pos
         return None
+
+    def lookup(self, context: Sequence[int], min_count: int = 1, min_n: int = 1) -> tuple[int, int, int, int] | None:
+        """(n, token, count, total) as `lookup_at`, without the position."""
+        hit = self.lookup_at(context, min_count, min_n)
+        return None if hit is None else hit[:4]
+
+
+def match_length(src: Sequence[int], src_start: int, pos: int, text: Sequence[int], n: int, cap: int) -> int:
+    """How far the match of the last n tokens of `text` with the n tokens before src[pos] reaches back
+    (at most `cap`, never before src_start): the length of the copied span the proposal continues."""
+    i, j = pos - n - 1, len(text) - n - 1
+    while n < cap and i >= src_start and j >= 0 and src[i] == text[j]:
+        n += 1
+        i -= 1
+        j -= 1
+    return n
+
+
+LENGTH_CLASSES = ((4, None), (6, "5-6"), (9, "7-9"), (15, "10-15"), (23, "16-23"), (31, "24-31"))
+
+
+def length_class(n: int) -> str:
+    """The match-length class of a bucket: 1..4 one by one, then ranges up to "32+"."""
+    for top, name in LENGTH_CLASSES:
+        if n <= top:
+            return name or str(n)
+    return "32+"
 
 
 def bucket(source: str, n: int, count: int, total: int) -> str:
     """The feature bucket of a proposal: source, match length class, agreement of the occurrences."""
     if source == BIGRAM:
         return BIGRAM
-    nb = str(n) if n <= 4 else "5-6" if n <= 6 else "7-9" if n <= 9 else "10+"
     agree = "once" if total == 1 else "all" if count == total else "maj" if 2 * count >= total else "split"
-    return f"{source}:{nb}:{agree}"
+    return f"{source}:{length_class(n)}:{agree}"
+
+
+def family(key: str) -> str:
+    """What in-request learning pools: source and a coarse length (short 1-4, mid 5-9, long 10+)."""
+    if key == BIGRAM:
+        return BIGRAM
+    source, cls, _ = key.split(":")
+    head = int(cls.split("-")[0].rstrip("+"))
+    return f"{source}:{'short' if head <= 4 else 'mid' if head <= 9 else 'long'}"
+
+
+# buckets of calibrations made before the long classes existed (one "10+" class)
+_LEGACY = {cls: "10+" for cls in ("10-15", "16-23", "24-31", "32+")}
 
 
 @dataclass
@@ -142,6 +208,10 @@ class Calibration:
         0, so cost-aware drafting never spends a review on it.
         """
         a, t = self.counts.get(key, (0, 0))
+        if not t and key.count(":") == 2:  # a calibration from before the long classes: their "10+" class
+            s, cls, agree = key.split(":")
+            if cls in _LEGACY:
+                a, t = self.counts.get(f"{s}:{_LEGACY[cls]}:{agree}", (0, 0))
         src = key.split(":", 1)[0]
         pa = sum(v[0] for k, v in self.counts.items() if k.split(":", 1)[0] == src)
         pt = sum(v[1] for k, v in self.counts.items() if k.split(":", 1)[0] == src)
@@ -175,12 +245,15 @@ class Calibration:
 class SuffixDrafter(StatisticalDrafter):
     """Suffix-match drafting with occurrence counts and calibrated confidence (see module docstring).
 
-    max_ngram: longest context matched; min_count: a continuation must have followed its context at
-    least this often (llama.cpp's min-hits); persist: keep a store of earlier outputs across requests
-    (store_max_tokens bounds it: past that the oldest half is forgotten);
+    max_ngram: longest context counted; min_count: a continuation must have followed its context at
+    least this often (llama.cpp's min-hits); long_match: how far past max_ngram a match is measured (its
+    length class decides the confidence of a copy); persist: keep a store of earlier outputs across
+    requests (store_max_tokens bounds it: past that the oldest half is forgotten);
     min_chain_confidence: stop chaining once the product of the confidences so far falls below it;
-    bigram: fallback table; calibration: measured acceptance per bucket (None: confidences unknown,
-    so the engine cannot trim the proposals and drafts them as K says).
+    adapt_weight: pseudo-observations behind the calibration when a request's own outcomes shift a
+    bucket family's confidence (0: no in-request learning); bigram: fallback table; calibration:
+    measured acceptance per bucket (None: confidences unknown, so the engine cannot trim the proposals
+    and drafts them as K says).
     """
 
     def __init__(
@@ -193,16 +266,24 @@ class SuffixDrafter(StatisticalDrafter):
         min_chain_confidence: float = 0.05,
         name: str = "Suffix",
         store_max_tokens: int = 200_000,
+        long_match: int = 64,
+        adapt_weight: float = 8.0,
     ) -> None:
         if max_ngram < 1 or min_count < 1:
             raise CSDraftingError(f"max_ngram and min_count must be >= 1 (got {max_ngram}, {min_count})")
         if store_max_tokens < 1:
             raise CSDraftingError(f"store_max_tokens must be >= 1 (got {store_max_tokens})")
+        if long_match < max_ngram:
+            raise CSDraftingError(f"long_match must be >= max_ngram ({max_ngram}), got {long_match}")
+        if not adapt_weight >= 0:
+            raise CSDraftingError(f"adapt_weight must be >= 0 (got {adapt_weight})")
         self.calibration = calibration
         self.bigram = bigram
         self.max_ngram = max_ngram
         self.min_count = min_count
         self.min_chain_confidence = min_chain_confidence
+        self.long_match = long_match
+        self.adapt_weight = adapt_weight
         self.name = name
         self.index = NgramCounts(max_ngram)
         self.store = NgramCounts(max_ngram, undo=False) if persist else None
@@ -213,6 +294,8 @@ class SuffixDrafter(StatisticalDrafter):
         self._stored_tokens = 0
         self._prompt_len = 0
         self._rates: dict[str, float] = {}
+        # in-request learning: bucket family -> [accepted, calibrated rate summed, observations]
+        self._seen: dict[str, list[float]] = {}
 
     @property
     def vocab_size(self) -> int | None:  # type: ignore[override]
@@ -220,7 +303,11 @@ class SuffixDrafter(StatisticalDrafter):
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def begin(self, prompt: Sequence[int]) -> None:
+        """Index the prompt now (the engine calls this in its prefill phase) and forget the last request's
+        outcomes."""
         self._prompt_len = len(prompt)
+        self._seen = {}
+        self.sync(prompt)
 
     def end(self, tokens: Sequence[int]) -> None:
         if self.store is None:
@@ -240,7 +327,7 @@ class SuffixDrafter(StatisticalDrafter):
             self._store_one(out)
 
     def _store_one(self, out: list[int]) -> None:
-        self.store.text = []  # a separator: the store must not join one output to the next
+        self.store.new_segment()  # the store must not join one output to the next
         self.store.extend(out)
 
     def sync(self, seq: Sequence[int]) -> None:
@@ -248,31 +335,66 @@ class SuffixDrafter(StatisticalDrafter):
         self.index.truncate(keep)
         self.index.extend(seq[keep:])
 
+    def committed(self, seq: Sequence[int]) -> None:
+        """The target committed `seq` (prompt + output so far): at each new output position, learn whether
+        this drafter's first proposal there was the token that came."""
+        keep = common_prefix(self.index.text, seq)
+        self.index.truncate(keep)
+        learn = self.calibration is not None and self.adapt_weight > 0
+        for t in seq[keep:]:
+            t = int(t)
+            if learn and len(self.index.text) >= self._prompt_len:
+                nxt = self.next_token()
+                if nxt is not None:
+                    key = nxt[1]
+                    s = self._seen.setdefault(family(key), [0.0, 0.0, 0.0])
+                    s[0] += nxt[0] == t
+                    s[1] += self._rate(key)
+                    s[2] += 1
+            self.index.append(t)
+
     # ------------------------------------------------------------------------------------------ proposing
-    def next_token(self) -> tuple[int, str] | None:
-        """The proposal after the index's current text, with its feature bucket."""
+    def next_token(self, prev: tuple[str, int, int] | None = None) -> tuple[int, str, tuple[str, int, int]] | None:
+        """The proposal after the index's current text: (token, feature bucket, (source, pos, length)).
+
+        `prev` is what the same call returned for the token before (inside a chain): a copy that goes on
+        from the next position extends its match by one instead of measuring it again.
+        """
         text = self.index.text
-        hit = self.index.lookup(text, self.min_count)
-        if hit is not None:
-            n, tok, c, tot = hit
-            return tok, bucket(REQUEST, n, c, tot)
-        if self.store is not None:
-            hit = self.store.lookup(text, self.min_count, min_n=2)
-            if hit is not None:
-                n, tok, c, tot = hit
-                return tok, bucket(STORE, n, c, tot)
+        for source, counts, min_n in ((REQUEST, self.index, 1), (STORE, self.store, 2)):
+            if counts is None:
+                continue
+            hit = counts.lookup_at(text, self.min_count, min_n)
+            if hit is None:
+                continue
+            n, tok, c, tot, pos = hit
+            if n == self.max_ngram and counts.text[pos] == tok:  # a long context: how long is the copy?
+                if prev is not None and prev[0] == source and prev[1] + 1 == pos:
+                    n = min(self.long_match, max(n, prev[2] + 1))
+                else:
+                    n = match_length(counts.text, counts.start if counts is self.store else 0, pos, text, n,
+                                     self.long_match)
+            return tok, bucket(source, n, c, tot), (source, pos, n)
         if self.bigram is not None and text:
             nxt = self.bigram.next_token(text[-1])
             if nxt is not None:
-                return nxt, BIGRAM
+                return nxt, BIGRAM, (BIGRAM, -1, 0)
         return None
 
-    def confidence(self, key: str) -> float | None:
-        if self.calibration is None:
-            return None
+    def _rate(self, key: str) -> float:
         r = self._rates.get(key)
         if r is None:
             r = self._rates[key] = self.calibration.rate(key)
+        return r
+
+    def confidence(self, key: str) -> float | None:
+        """The calibrated acceptance of a bucket, shifted by this request's own outcomes in its family."""
+        if self.calibration is None:
+            return None
+        r = self._rate(key)
+        s = self._seen.get(family(key))
+        if s is not None:
+            r = min(0.995, max(0.0, r + (s[0] - s[1]) / (s[2] + self.adapt_weight)))
         return r
 
     def propose_scored(self, seq: Sequence[int], n: int) -> Proposal:
@@ -280,12 +402,13 @@ class SuffixDrafter(StatisticalDrafter):
         base = len(self.index.text)
         out = Proposal()
         chain = 1.0
+        prev = None
         try:
             while len(out) < n:
-                nxt = self.next_token()
+                nxt = self.next_token(prev)
                 if nxt is None:
                     break
-                tok, key = nxt
+                tok, key, prev = nxt
                 conf = self.confidence(key)
                 out.tokens.append(tok)
                 out.confidence.append(conf)
@@ -312,8 +435,6 @@ class SuffixDrafter(StatisticalDrafter):
         cal = Calibration(meta=dict(meta or {}))
         for prompt, output in texts:
             self.begin(prompt)
-            self.index.truncate(0)
-            self.index.extend(prompt)
             for t in output:
                 nxt = self.next_token()
                 if nxt is not None:

@@ -1,0 +1,142 @@
+"""The suffix drafter on copies: match lengths past max_ngram, store segments, in-request learning.
+
+An output that copies a long span of its input must reach the long length classes (whose proposals the
+calibration trusts), a store must never join two outputs into one context, and a request whose own
+outcomes contradict the calibration must move the confidence the planner sees, towards what happened.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from csdrafting.drafters.suffix import (
+    Calibration,
+    NgramCounts,
+    SuffixDrafter,
+    bucket,
+    family,
+    length_class,
+    match_length,
+)
+
+
+def _cal(rates: dict[str, float], n: int = 1000) -> Calibration:
+    cal = Calibration()
+    for key, r in rates.items():
+        cal.counts[key] = [int(n * r), n]
+    return cal
+
+
+def test_length_classes_cover_every_length_once():
+    names = [length_class(n) for n in range(1, 80)]
+    assert names[:4] == ["1", "2", "3", "4"] and names[4:6] == ["5-6", "5-6"]
+    assert names[9] == "10-15" and names[15] == "16-23" and names[23] == "24-31" and names[31:] == ["32+"] * 48
+    assert family("req:16-23:once") == "req:long" and family("store:5-6:all") == "store:mid"
+    assert family("req:3:split") == "req:short" and family("bigram") == "bigram"
+
+
+def test_lookup_at_gives_the_most_recent_continuation_under_rollback():
+    """Against brute force: the position returned is where the context's latest continuation sits."""
+    rng = random.Random(1)
+    idx = NgramCounts(4)
+    text: list[int] = []
+    for _ in range(500):
+        if text and rng.random() < 0.2:
+            keep = rng.randint(0, len(text))
+            idx.truncate(keep)
+            del text[keep:]
+        else:
+            t = rng.choice([1, 2, 3])
+            idx.append(t)
+            text.append(t)
+        hit = idx.lookup_at(text)
+        if hit is None:
+            assert len(text) <= 1 or all(
+                tuple(text[i:i + 1]) != tuple(text[-1:]) for i in range(len(text) - 1))
+            continue
+        n, tok, count, total, pos = hit
+        ctx = text[-n:]
+        latest = max(i + n for i in range(len(text) - n) if text[i:i + n] == ctx)
+        assert pos == latest and idx.text[pos] == text[pos]
+        assert idx.lookup(text) == (n, tok, count, total)
+
+
+def test_match_length_measures_past_max_ngram():
+    span = list(range(100, 140))  # 40 distinct tokens
+    text = [1, 2] + span + [7, 8] + span[:30]  # the output has copied 30 tokens of the span so far
+    pos = 2 + 30  # the copied span continues at span[30] in the prompt
+    assert match_length(text, 0, pos, text, 12, 64) == 30
+    assert match_length(text, 0, pos, text, 12, 20) == 20  # capped
+    d = SuffixDrafter(_cal({"req:24-31:once": 0.97, "req:32+:once": 0.99}), max_ngram=12)
+    prop = d.propose_scored(text, 5)
+    assert prop.tokens == span[30:35]
+    # the first proposal continues a 30-token copy, the third a 32-token one: confidence follows the class
+    assert prop.confidence[0] == pytest.approx(0.97, abs=0.01) and prop.confidence[2] == pytest.approx(0.99, abs=0.01)
+    assert d.index.text == text  # proposing leaves the index as it was
+
+
+def test_store_segments_never_join_two_outputs():
+    d = SuffixDrafter(persist=True)
+    for out in ([50, 51, 52], [53, 54, 55]):
+        d.begin([1])
+        d.end([1, *out])
+    assert d.store.text == [50, 51, 52, 53, 54, 55]
+    # "52 53" never occurred inside one output: no context spans the boundary
+    assert d.store.lookup([9, 52], min_n=1) is None
+    assert d.propose([9, 53, 54], 1) == [55]
+
+
+def _request(drafter: SuffixDrafter, prompt: list[int], output: list[int]) -> None:
+    drafter.begin(prompt)
+    for i in range(1, len(output) + 1):
+        drafter.committed(prompt + output[:i])
+
+
+def test_a_request_that_rejects_a_family_stops_trusting_it():
+    """The calibration says short matches are right 80% of the time; this request's output never continues
+    them: after eight observations the confidence falls to half the calibration."""
+    cal = _cal({f"req:{n}:{a}": 0.8 for n in (1, 2) for a in ("once", "all", "maj", "split")})
+    d = SuffixDrafter(cal)
+    prompt = list(range(1, 11))
+    assert d.propose_scored(prompt + [1], 1).confidence[0] == pytest.approx(0.8, abs=0.01)
+    out = [3, 5, 7, 9, 2, 4, 6, 8, 10]  # every 1-token match proposes its prompt successor, and is wrong
+    _request(d, prompt, out)
+    low = d.propose_scored(prompt + out + [1], 1).confidence[0]
+    assert low == pytest.approx(0.8 - 0.8 * 8 / (8 + 8), abs=0.01)  # (hits - expected) / (seen + weight)
+    # learning is per request: the next one starts from the calibration again
+    d.begin(prompt)
+    assert d.propose_scored(prompt + [1], 1).confidence[0] == pytest.approx(0.8, abs=0.01)
+    # and can be switched off
+    off = SuffixDrafter(cal, adapt_weight=0)
+    _request(off, prompt, out)
+    assert off.propose_scored(prompt + out + [1], 1).confidence[0] == pytest.approx(0.8, abs=0.01)
+
+
+def test_a_request_that_copies_more_than_expected_is_trusted_more():
+    keys = [bucket("req", n, 1, 1) for n in range(10, 70)]
+    cal = _cal({k: 0.6 for k in keys})
+    d = SuffixDrafter(cal, max_ngram=12)
+    span = list(range(100, 180))
+    prompt = [1] + span + [2]
+    out = span[:60]
+    _request(d, prompt, out)
+    conf = d.propose_scored(prompt + out, 4).confidence
+    assert all(c > 0.75 for c in conf)  # 50-odd long matches, every one right
+
+
+def test_bad_settings_are_refused():
+    from csdrafting.protocol import CSDraftingError
+
+    with pytest.raises(CSDraftingError, match="long_match"):
+        SuffixDrafter(max_ngram=12, long_match=8)
+    with pytest.raises(CSDraftingError, match="adapt_weight"):
+        SuffixDrafter(adapt_weight=-1)
+
+
+def test_old_calibrations_with_one_long_class_still_apply():
+    """Calibrations written before the long classes had one "10+" class: its rate serves all of them."""
+    cal = _cal({"req:10+:once": 0.93, "req:3:once": 0.5})
+    assert cal.rate("req:24-31:once") == pytest.approx(0.93, abs=0.01)
+    assert cal.rate("req:32+:once") == pytest.approx(0.93, abs=0.01)
