@@ -135,7 +135,7 @@ def test_bench_engine_executor(config_file):
     plain = ex.run(methods[0], methods[0].resolve(), ids, 16, None)
     csd = ex.run(methods[1], methods[1].resolve(), ids, 16, plain.tokens)
     assert csd.tokens == plain.tokens and csd.metrics.levels[1].drafted > 0
-    assert isinstance(ex.cascade(methods[1].resolve(), "csd").levels[1], RepeatLast)
+    assert isinstance(ex.cascade(methods[1].resolve(), "csd").drafters[0], RepeatLast)
 
 
 def test_served_request(config_file):
