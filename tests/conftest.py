@@ -6,6 +6,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest
 
+# fixtures that hand a test the packaged real weights: a test using one must say so (`real`)
+REAL_WEIGHTS = {"qwen05_gguf"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests say what they cost: one that loads real weights without the `real` marker is a collection
+    error, so that `-m "not real"` never downloads or loads gigabytes by surprise."""
+    unmarked = [i.nodeid for i in items if REAL_WEIGHTS & set(getattr(i, "fixturenames", ())) and
+                i.get_closest_marker("real") is None]
+    if unmarked:
+        raise pytest.UsageError(f"these tests load real weights but are not marked real: {unmarked}")
+
 
 @pytest.fixture(scope="session")
 def qwen05_gguf():

@@ -66,7 +66,7 @@ def test_method_list_from_a_cascade_spec():
     # every family's baseline comes before its methods
     for m in methods:
         assert names.index(m.baseline) <= names.index(m.name)
-    assert by["plain"].resolve() == {"k": None, "lenience": 1.0, "maxgram_length": None, "drafters": []}
+    assert by["plain"].resolve() == {"k": None, "lenience": 1.0, "bottom_length": None, "drafters": []}
     assert by["sd:qwen2.5-coder-0.5b:Q4_K_M"].tunable and by["sd:qwen2.5-coder-0.5b:Q4_K_M"].resolve(6)["k"] == [[6]]
     assert by["csd"].resolve()["k"] == [[4, 12], [0, 8]]
     assert by["vertical"].resolve()["k"] == [[4, 4], [0, 8]]  # the target reviews only the 0.5B's tokens
@@ -149,7 +149,7 @@ def test_engine_methods_pass_extra_config_fields_through():
 
     from csdrafting.bench.executors import method_config
 
-    spec_cfg = CascadeConfig.make([[3, 6], [0, 4]], lenience=2.0, maxgram_length=5)
+    spec_cfg = CascadeConfig.make([[3, 6], [0, 4]], lenience=2.0, bottom_length=5)
     cfg = method_config(spec_cfg, {"k": [[4, 4], [0, 8]], "lenience": 2.0, "maxgram_length": 5, "from_spec": True})
     assert cfg.k.cumulative == ((4, 4), (0, 8)) and cfg.lenience == 2.0 and cfg.maxgram_length == 5
     cfg = method_config(CascadeConfig(), {"k": [[4]], "lenience": 1.0, "maxgram_length": None,
@@ -486,6 +486,37 @@ def test_settings_change_is_refused(tmp_path):
         _check_settings(tmp_path, {**s, "max_new_tokens": 128})
 
 
+def test_run_json_from_before_the_renames_resumes(tmp_path):
+    """A run.json written before bottom_length and per-drafter settings describes the same run."""
+    import json
+
+    from csdrafting.bench.cli import _check_settings
+    from csdrafting.bench.methods import Method
+
+    suffix_spec = CascadeSpec(target=T, drafters=[D, "suffix"], k=[[3, 6], [0, 4]],
+                              drafter_settings={"suffix": {"persist": True}})
+    other = CascadeSpec(target=T, drafters=["suffix"], k=[[8]], dynamic=True)
+    methods = build_methods(suffix_spec, also=[("other", other)])
+    s = {"spec": suffix_spec.to_json(), "max_new_tokens": 64, "timing": "e2e", "hf_target": None,
+         "hf_assistant": None, "methods": [m.to_json() for m in methods]}
+    flat = {"bigram": "default", "suffix_calibration": "default", "suffix_max_ngram": 12, "suffix_min_count": 1,
+            "suffix_persist": False}
+    old_spec = {k: v for k, v in s["spec"].items() if k not in ("bottom_length", "drafter_settings")}
+    old_spec.update(flat, suffix_persist=True, maxgram_length=None)
+    old_methods = []
+    for m in s["methods"]:
+        m = {("maxgram_length" if k == "bottom_length" else k): v for k, v in m.items()}
+        if m["name"] == "cfg:other":
+            m["params"] = {"statistical": flat}
+        old_methods.append(m)
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {**s, "spec": old_spec, "methods": old_methods}}))
+    _check_settings(tmp_path, s)  # the same run, in today's spelling: resumed, not refused
+    again = [Method.from_json(m) for m in old_methods]
+    assert again == methods and [m.params for m in again] == [m.params for m in methods]
+    with pytest.raises(CSDraftingError, match="spec"):
+        _check_settings(tmp_path, {**s, "spec": {**s["spec"], "drafter_settings": {"suffix": {"persist": False}}}})
+
+
 class _FakeTokenizer:
     """transformers-style: encode(text, add_special_tokens) and apply_chat_template(tokenize=False)."""
 
@@ -594,10 +625,10 @@ def test_also_configs_and_the_suffix_drafter_run_as_bench_rows(tmp_path):
     paths = {n: tmp_path / f"{n}.gguf" for n in ("T", "D")}
     for p in paths.values():
         p.write_bytes(b"")
-    spec = CascadeSpec(target=str(paths["T"]), drafters=["suffix"], k=[[6]], dynamic=True, suffix_calibration=None,
-                       suffix_persist=True)
+    spec = CascadeSpec(target=str(paths["T"]), drafters=["suffix"], k=[[6]], dynamic=True,
+                       drafter_settings={"suffix": {"calibration": None, "persist": True}})
     other = CascadeSpec(target=str(paths["T"]), drafters=[str(paths["D"]), "suffix"], k=[[4, 8], [0, 0]], dynamic=True,
-                        suffix_calibration=None, suffix_persist=False)
+                        drafter_settings={"suffix": {"calibration": None, "persist": False}})
     methods = build_methods(spec, ["plain", "csd", "vertical", "sd"], also=[("dyn-horizontal", other)], calibrate=False)
     names = [m.name for m in methods]
     assert names[:2] == ["plain", "csd"] and "cfg:dyn-horizontal" in names and "vertical" not in names  # no neural drafter

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from csdrafting.drafters.bigram import BigramTable
-from csdrafting.drafters.corpus import default_bigram_path, load_default_qwen_bigram
+from csdrafting.drafters.bigram_corpus import default_bigram_path, load_default_qwen_bigram
 from csdrafting.protocol import CSDraftingError
 
 QWEN_VOCAB = 151_936
@@ -126,8 +126,9 @@ def qwen_vocab(qwen05_gguf):
     return gguf, llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
 
 
+@pytest.mark.real
 def test_packaged_table_matches_tokenizer_and_predicts(qwen_vocab):
-    from csdrafting.drafters.corpus import _tokenizer_info
+    from csdrafting.drafters.bigram_corpus import _tokenizer_info
 
     gguf, llm = qwen_vocab
     t = load_default_qwen_bigram()

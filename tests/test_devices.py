@@ -210,6 +210,7 @@ N_SAMPLES = 3000
 ALPHA = 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_sampling_in_reduced_precision(dtype):
     """Sampling through the backend in `dtype`: the cascade's 3-token outputs against the target's
@@ -343,10 +344,10 @@ def test_spec_placement():
 def test_cli_flags_reach_the_spec():
     import argparse
 
-    from csdrafting.cli import _add_cascade_args, spec_from_args
+    from csdrafting.flags import add_cascade_args, spec_from_args
 
     p = argparse.ArgumentParser()
-    _add_cascade_args(p)
+    add_cascade_args(p)
     q05, q15 = "qwen2.5-coder-0.5b:Q4_K_M", "qwen2.5-coder-1.5b:F32"
     args = p.parse_args(["--backend", "hf", "--device", "cpu", "--dtype", "bfloat16", "--target", q15,
                          "--drafter", q05, "--model-device", f"{q05}=cpu"])
@@ -375,7 +376,7 @@ def test_llamacpp_gpu_layers_are_checked():
 def test_packaged_model_in_bfloat16():
     """The packaged 0.5B through transformers in bfloat16 (its float32 checkpoint, made by the store, cast on
     loading): labelled with both precisions, and a Max-Gram cascade on it is greedy within ties."""
-    from csdrafting.drafters.corpus import load_default_qwen_bigram
+    from csdrafting.drafters.bigram_corpus import load_default_qwen_bigram
     from csdrafting.spec import load_model
     from csdrafting.text import encode
 

@@ -278,6 +278,7 @@ def _dyn_cascades():
             "2 drafters + suffix, dynamic, lenience 3, top-p 0.9": (three_levels, SamplingConfig(True, 1.0, top_p=0.9))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(_dyn_cascades()))
 def test_dynamic_sampling_matches_target_distribution(name):
     make, cfg = _dyn_cascades()[name]

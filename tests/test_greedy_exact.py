@@ -63,7 +63,7 @@ def _run_all(target, drafters, prompt, n, expect):
         "speculative k=4": generate(T, prompt, [D1], k=[[4]], max_new_tokens=n),
         "speculative small k=6": generate(T, prompt, [D2], k=[[6]], max_new_tokens=n),
         "maxgram only": generate(T, prompt, [MaxGram()], k=[[5]], max_new_tokens=n),
-        "maxgram fixed length": Cascade(T, [D1, MaxGram()], CascadeConfig.make([[4, 4], [0, 3]], maxgram_length=2)).generate(prompt, n),
+        "maxgram fixed length": Cascade(T, [D1, MaxGram()], CascadeConfig.make([[4, 4], [0, 3]], bottom_length=2)).generate(prompt, n),
         "2 drafters vertical": generate(T, prompt, [D1, D2], k=[[4, 4], [0, 3]], max_new_tokens=n),
         "2 drafters horizontal": generate(T, prompt, [D1, D2], k=[[2, 6], [0, 3]], max_new_tokens=n, lenience=2),
         "horizontal only (zero K row: D1 drafts by itself)": generate(T, prompt, [D1, D2], k=[[2, 6], [0, 0]], max_new_tokens=n),
@@ -84,7 +84,9 @@ def _run_all(target, drafters, prompt, n, expect):
     return runs
 
 
-@pytest.mark.parametrize("prompt", PROMPTS)
+# every configuration on every prompt is a long sweep (minutes on 2 cores): the shortest prompt stays in
+# the fast suite, the others are `slow`
+@pytest.mark.parametrize("prompt", [pytest.param(p, marks=[pytest.mark.slow] if i < 2 else []) for i, p in enumerate(PROMPTS)])
 def test_greedy_equals_target_generate(family, prompt):
     _, target, drafters = family
     expect = _reference(target, prompt, N_NEW)

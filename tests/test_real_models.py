@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from csdrafting import Cascade, CascadeConfig, MaxGram
-from csdrafting.drafters.corpus import load_default_qwen_bigram
+from csdrafting.drafters.bigram_corpus import load_default_qwen_bigram
 from csdrafting.exactness import TIE, examine, noise_threshold
 from csdrafting.bench.datasets import load
 from csdrafting.cascade.planning import CostCurve
 from csdrafting.spec import DEFAULT_SPEC, build, load_model
 from csdrafting.text import encode
+
+pytestmark = pytest.mark.real  # the packaged Qwen2.5-Coder weights, from the model store
 
 N_NEW = 48
 

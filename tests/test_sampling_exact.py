@@ -117,6 +117,7 @@ CONFIGS = {
 }
 
 
+@pytest.mark.slow  # N_RUNS = 60,000 seeded generations per configuration
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_cascade_sampling_matches_target_distribution(name):
     fn, k, lenience, cfg = CONFIGS[name]
@@ -127,6 +128,7 @@ def test_cascade_sampling_matches_target_distribution(name):
     assert p > ALPHA, f"{name}: chi-square p-value {p:.2e} says the output is not the target's distribution"
 
 
+@pytest.mark.slow
 def test_broken_variant_is_rejected(monkeypatch):
     """Handing p (instead of the emission mixture r) upward after a lenient review breaks exactness."""
     fn, k, lenience, cfg = CONFIGS["2 drafters + Max-Gram, horizontal K, lenience 3, temperature 0.7, top-p 0.85"]
@@ -138,13 +140,36 @@ def test_broken_variant_is_rejected(monkeypatch):
     assert p < ALPHA, f"the broken cascade passed the exactness test (p = {p:.3g}): the test has no power"
 
 
+def perturbed(p: np.ndarray, w: float, rng: np.random.Generator) -> np.ndarray:
+    """A law at Cohen's w = `w` from `p`: every possible outcome's probability moved up or down (half of
+    them each way, at random) by the same few percent."""
+    support = np.flatnonzero(p > 0)
+    signs = np.resize([1.0, -1.0], support.size)
+    rng.shuffle(signs)
+    z = np.zeros(p.size)
+    z[support] = signs
+    z[support] -= (p * z).sum()  # keeps the total at 1
+    c = w / np.sqrt((p * z**2).sum())  # sum (q - p)^2 / p = c^2 sum p z^2 = w^2
+    q = p * (1 + c * z)
+    assert q.min() >= 0 and abs(q.sum() - 1) < 1e-12
+    return q
+
+
+def rejection_rate(law: np.ndarray, exact: np.ndarray, n: int, alpha: float, reps: int, rng) -> float:
+    """How often the test's own statistic (pooled chi-square against the exact law) rejects n draws of `law`."""
+    return float(np.mean([_pooled_chisquare(rng.multinomial(n, law).astype(float), exact * n) < alpha
+                          for _ in range(reps)]))
+
+
 def test_power_is_known():
-    """With N_RUNS samples over <= 156 cells, the test detects a deviation of Cohen's w = 0.04 (total
-    variation around 0.02) with probability above 0.9 at false-alarm rate 1e-3."""
-    df = 155
-    crit = stats.chi2.ppf(1 - ALPHA, df)
-    power = stats.ncx2.sf(crit, df, N_RUNS * 0.04**2)
-    assert power > 0.9, power
+    """With N_RUNS samples, the test detects a deviation of Cohen's w = 0.04 (total variation around 0.02)
+    with probability above 0.9 at false-alarm rate 1e-3: its own statistic, on a target law enumerated
+    by the project's warping, rejects a law perturbed by w = 0.04 and keeps the law itself."""
+    fn, _, _, cfg = CONFIGS["2 drafters + Max-Gram, horizontal K, lenience 3, temperature 0.7, top-p 0.85"]
+    exact = np.array(list(exact_distribution(fn()[0], cfg).values()))
+    rng = np.random.default_rng(0)
+    assert rejection_rate(perturbed(exact, 0.04, rng), exact, N_RUNS, ALPHA, 400, rng) > 0.9
+    assert rejection_rate(exact, exact, N_RUNS, ALPHA, 400, rng) <= 3 / 400
 
 
 @pytest.mark.parametrize("lenience", [1.0, 2.5])
@@ -259,6 +284,7 @@ def deep_pvalues(runs: dict) -> dict[str, float]:
 DEEP_ALPHA_EACH = ALPHA / (len(DEEP_POSITIONS) + 1)  # Bonferroni: family-wise false-alarm rate <= ALPHA
 
 
+@pytest.mark.slow  # DEEP_N = 3,000 generations of 14 tokens through three drafting levels, per lenience
 @pytest.mark.parametrize("lenience", [1.0, DEEP_LENIENCE])
 def test_long_cascade_sampling_matches_target_marginals(lenience):
     runs = deep(lenience)
@@ -269,6 +295,7 @@ def test_long_cascade_sampling_matches_target_marginals(lenience):
     assert not bad, f"lenience {lenience}: these statistics are not the target's: {bad}"
 
 
+@pytest.mark.slow
 def test_lenience_raises_intermediate_acceptance_without_moving_the_output():
     """Lenience is a speed knob for the drafting levels only: the intermediate reviewers accept more, and
     the output (already tested against the exact law at both settings) is the same law at both."""
@@ -298,6 +325,7 @@ def _p_handed_up(monkeypatch):
     monkeypatch.setattr(acceptance, "emission", lambda p, a: p)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("breakage", [_p_handed_up, _lenient_target], ids=["p handed up", "lenient target"])
 def test_long_test_rejects_broken_cascades(monkeypatch, breakage):
     breakage(monkeypatch)
@@ -306,13 +334,15 @@ def test_long_test_rejects_broken_cascades(monkeypatch, breakage):
 
 
 def test_long_test_power_is_known():
-    """Each statistic of the long-text test has at most 14 cells once pooled (the length: 13 degrees of
-    freedom); with DEEP_N runs, Bonferroni level 1e-3 / 7, it detects a deviation of Cohen's w = 0.13 in
-    any one of them with probability above 0.9."""
-    df = DEEP_NEW - 1
-    crit = stats.chi2.ppf(1 - DEEP_ALPHA_EACH, df)
-    power = stats.ncx2.sf(crit, df, DEEP_N * DEEP_W**2)
-    assert power > 0.9, power
+    """Each statistic of the long-text test (the length: 15 cells before pooling) with DEEP_N runs, at the
+    Bonferroni level 1e-3 / 7, detects a deviation of Cohen's w = 0.13 with probability above 0.9: its own
+    statistic, on the exact laws from the model's dynamic program, rejects laws perturbed by w = 0.13 and
+    keeps the laws themselves."""
+    tok_exact, len_exact = deep_exact()
+    rng = np.random.default_rng(0)
+    for name, law in [("length", len_exact)] + [(f"token {i + 1}", tok_exact[i]) for i in DEEP_POSITIONS]:
+        assert rejection_rate(perturbed(law, DEEP_W, rng), law, DEEP_N, DEEP_ALPHA_EACH, 200, rng) > 0.9, name
+        assert rejection_rate(law, law, DEEP_N, DEEP_ALPHA_EACH, 200, rng) <= 1 / 200, name
 
 
 # ------------------------------------------------------------------------- warping, against transformers

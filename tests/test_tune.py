@@ -17,15 +17,18 @@ from csdrafting.cascade.engine import Cascade
 from csdrafting.drafters.maxgram import MaxGram
 from csdrafting.protocol import ModelInfo
 from csdrafting.tune import cli as tune_cli
-from csdrafting.tune.acceptance import _runs_maxgram, _runs_neural, profile_from_runs
+from csdrafting.tune import pipeline, validate
+from csdrafting.tune.acceptance_stats import _runs_neural, _runs_proposals, profile_from_runs
 from csdrafting.tune.costs import fit_prefill, measure_cost_curve
-from csdrafting.tune.model import (
-    MAXGRAM, CascadeModel, Config, CostCurve, Measurements, Profile, best_speculative_k, ewif_horizontal,
-    ewif_speculative, ewif_vertical, predict,
-)
-from csdrafting.tune.search import SearchSpace, search
 from csdrafting.tune.replay import replay
+from csdrafting.tune.search import SearchSpace, search
+from csdrafting.tune.speed import (
+    CascadeModel, Config, CostCurve, Measurements, Profile, best_speculative_k, ewif_horizontal, ewif_speculative,
+    ewif_vertical, predict,
+)
 from csdrafting.tune.tuner import calibrate, to_spec, tune
+
+MAXGRAM = "maxgram"  # the registered Max-Gram drafter, by its name as configs and the tuner spell it
 
 C = CostCurve.constant
 P = Profile.constant
@@ -80,7 +83,7 @@ def test_horizontal_cascade_reduces_to_the_paper(k1, k):
 def test_search_finds_the_analytic_horizontal_optimum():
     a1, a2, c1 = 0.9, 0.45, 0.08
     m = meas_const({("T", "D1"): a1, ("T", MAXGRAM): a2, ("D1", MAXGRAM): 0.0}, {"T": 1.0, "D1": c1, MAXGRAM: 0.0})
-    space = SearchSpace(("D1", MAXGRAM), k_grid=tuple(range(0, 25)), max_quota=24, maxgram_lengths=(None,), include_plain=False)
+    space = SearchSpace(("D1", MAXGRAM), k_grid=tuple(range(0, 25)), max_quota=24, bottom_lengths=(None,), include_plain=False)
     res = search(m, space)
     best = max(
         ewif_horizontal([a1] * k1 + [a2] * (k - k1), [c1] * k1) for k in range(1, 25) for k1 in range(1, k + 1)
@@ -232,7 +235,7 @@ def hash_calibration():
     t = HashLM("T", cost=COSTS["T"])
     ds = {d: HashLM(d, ALPHA[d], salt=3 + 2 * i, cost=COSTS[d]) for i, d in enumerate(("A", "B"))}
     prompts = [[1, 2, 3], [4, 5, 6, 7], [8, 9], [3, 3]]
-    cal = calibrate(t, "T", ds, prompts, 150, reps=1, progress=False)
+    cal = calibrate(t, "T", ds, prompts, 150, {MAXGRAM: MaxGram()}, reps=1, progress=False)
     cal.measurements.costs.update(COSTS)  # charge the same synthetic costs the engine run is charged
     return t, ds, prompts, cal
 
@@ -252,7 +255,7 @@ def test_replay_reproduces_the_engine(hash_calibration, drafters, k, mg):
         m.seconds = 0.0
     steps = 0
     for p in prompts:
-        steps += Cascade(t, models, CascadeConfig.make([list(r) for r in k], maxgram_length=mg)).generate(p, 150).metrics.target_steps
+        steps += Cascade(t, models, CascadeConfig.make([list(r) for r in k], bottom_length=mg)).generate(p, 150).metrics.target_steps
     rp = replay(Config(drafters, k, mg), cal.measurements, cal.traces)
     assert rp.target_steps == steps and rp.tokens == 150 * len(prompts)
     if MAXGRAM not in drafters:  # (without a bigram table Max-Gram proposes nothing where it has no match)
@@ -277,7 +280,7 @@ def test_runs_count_only_what_was_observed():
     y = np.array([1, 2, 3, 4])
     run, obs = _runs_neural(y, np.array([1, 2, 9, 4]))
     assert run.tolist() == [2, 1, 0, 1] and obs.tolist() == [4, 3, 2, 1]
-    run, obs = _runs_maxgram(y, [[1, 2, 3, 4, 5], [2, 0], [], [4, 4]])
+    run, obs = _runs_proposals(y, [[1, 2, 3, 4, 5], [2, 0], [], [4, 4]])
     assert run.tolist() == [4, 1, 0, 1] and obs.tolist() == [4, 2, 0, 1]
     # a run that reaches the end is censored, not rejected: position 2 is seen by 1 of 2 starts, accepted
     prof, st = profile_from_runs([(np.array([2, 1]), np.array([2, 1]))], max_len=4)
@@ -318,7 +321,7 @@ def test_tune_pipeline_on_synthetic_models():
     # the winner runs in the engine and gives the target's own text
     names = {"A": a, "B": b}
     ds = [names.get(d) or MaxGram() for d in best.config.drafters]
-    cfg = CascadeConfig.make([list(r) for r in best.config.k], maxgram_length=best.config.maxgram_length) if ds else None
+    cfg = CascadeConfig.make([list(r) for r in best.config.k], bottom_length=best.config.bottom_length) if ds else None
     out = Cascade(t, ds, cfg).generate(prompts[0], 120).tokens
     assert out == res.calibration.traces[0].tokens
 
@@ -327,7 +330,7 @@ def test_tune_pipeline_on_synthetic_models():
 
 
 def test_tuned_config_round_trips(tmp_path):
-    from csdrafting.cli import _add_cascade_args, spec_from_args
+    from csdrafting.flags import add_cascade_args, spec_from_args
     from csdrafting.spec import CascadeSpec
 
     cfg = Config(("qwen2.5-coder-1.5b:Q4_K_M", "qwen2.5-coder-0.5b:Q4_K_M", MAXGRAM), ((3, 7, 13), (0, 2, 6), (0, 0, 5)), 4)
@@ -336,13 +339,13 @@ def test_tuned_config_round_trips(tmp_path):
     spec.save(path)
     back = CascadeSpec.load(path)
     assert back == spec
-    assert back.cascade_config().k.cumulative == cfg.k and back.maxgram_length == 4 and back.lenience == 1.0
+    assert back.cascade_config().k.cumulative == cfg.k and back.bottom_length == 4 and back.lenience == 1.0
     assert json.loads(path.read_text())["k_spelling"] == "cumulative"
     # what generate, demo and bench do with --config
     import argparse
 
     p = argparse.ArgumentParser()
-    _add_cascade_args(p)
+    add_cascade_args(p)
     assert spec_from_args(p.parse_args(["--config", str(path)])) == spec
 
 
@@ -369,10 +372,15 @@ def test_cli_tune_then_validate_on_synthetic_models(tmp_path, monkeypatch, capsy
     t = HashLM(str(paths["T"]))
     ds = {str(paths["A"]): HashLM(str(paths["A"]), 0.85, salt=3), str(paths["B"]): HashLM(str(paths["B"]), 0.5, salt=5)}
     prompts = [[1, 2, 3], [4, 5, 6, 7], [8, 9], [3, 3, 3]]
-    monkeypatch.setattr(tune_cli, "_load_models",
-                        lambda target, refs, *a: (t, {r: ds[r] for r in refs if r != MAXGRAM}, MaxGram()))
-    monkeypatch.setattr(tune_cli, "_load_prompts", lambda target, dataset, n, split, *a: [
-        (f"{split}/{i}", p) for i, p in enumerate((prompts[:2] if split == "calibration" else prompts[2:])[:n])])
+    def load_models(target, refs, *a):
+        return t, {r: ds[r] for r in refs if r != MAXGRAM}, {r: MaxGram() for r in refs if r == MAXGRAM}
+
+    def load_prompts(target, dataset, n, split, *a):
+        return [(f"{split}/{i}", p) for i, p in enumerate((prompts[:2] if split == "calibration" else prompts[2:])[:n])]
+
+    for mod in (pipeline, validate):  # the library's loading, stubbed where the command's run calls it
+        monkeypatch.setattr(mod, "load_models", load_models)
+        monkeypatch.setattr(mod, "load_prompts", load_prompts)
     out = tmp_path / "tuned.json"
     rc = tune_cli.main(["--target", str(paths["T"]), "--drafters", str(paths["A"]), str(paths["B"]), MAXGRAM,
                         "--out", str(out), "--prompts", "2", "--max-new-tokens", "80", "--reps", "1", "--no-progress"])
@@ -407,7 +415,7 @@ def test_cli_tune_then_validate_on_synthetic_models(tmp_path, monkeypatch, capsy
 
 
 def test_validation_grid_configs_run_in_the_engine():
-    grid = tune_cli.validation_grid(["big", "small", MAXGRAM])
+    grid = validate.validation_grid(["big", "small", MAXGRAM])
     assert Config() in grid and Config(("small",), ((8,),)) in grid and len(grid) == len(set(grid))
     for c in grid:
         if c.drafters:

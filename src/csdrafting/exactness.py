@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .files import atomic_write
 from .protocol import CSDraftingError, LanguageModel
 
 IDENTICAL, TIE, MISMATCH = "identical", "tie", "mismatch"
@@ -263,10 +264,7 @@ def save_noise(noise: BatchNoise, path: Path | None = None) -> Path:
     path = path or _machine_file()
     table = _read(path)
     table[noise.model] = noise.to_json()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(table, indent=1, sort_keys=True) + "\n")
     return path
 
 

@@ -7,14 +7,27 @@ and to *roll back* to a shorter prefix. Backends know nothing about drafting.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 
 class CSDraftingError(ValueError):
     """Bad input or configuration; the message says what to change."""
+
+
+def run_guarded(command: Callable[[], int], interrupted: str = "interrupted") -> int:
+    """The exit rule of every command line: a CSDraftingError prints `error: ...` and exits 2, Ctrl-C 130."""
+    try:
+        return command()
+    except CSDraftingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{interrupted}", file=sys.stderr)
+        return 130
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ default); `build()` turns it into live models. A model reference is one of:
 - `NAME:TIER` from the model store, e.g. `qwen2.5-coder-1.5b:F32` (tier defaults to Q4_K_M);
 - a path to a `.gguf` file (llama.cpp backend, or transformers with backend "hf");
 - a path to a transformers checkpoint directory (transformers backend);
-- `maxgram` for the Max-Gram drafter, `suffix` for the confident suffix drafter (last drafter only).
+- the name of a registered statistical drafter (drafters/registry.py: `suffix`, the confident suffix
+  drafter; `maxgram`, the paper's Max-Gram), last drafter only, configured by `drafter_settings`.
 
 With `dynamic: true` the cascade drafts cost-aware (cascade/planning.py) from the cost curves in `costs`
 (model ref -> measured curve, as `csdrafting tune` writes them); a neural model without a curve there is
@@ -18,60 +19,61 @@ each model offloads `n_gpu_layers` layers to the GPU (0: CPU only) and runs in i
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from .cascade.config import CascadeConfig, KMatrix
-from .drafters.maxgram import MaxGram
+from .cascade.config import LEGACY_FIELDS, CascadeConfig, KMatrix
+from .drafters import registry
+from .files import atomic_write, read_json
 from .protocol import CSDraftingError
-
-MAXGRAM = "maxgram"
-SUFFIX = "suffix"
-STATISTICAL = (MAXGRAM, SUFFIX)
 
 
 @dataclass
 class CascadeSpec:
+    """A cascade as data. `k` is a KMatrix (rows given here are read in the paper's cumulative spelling;
+    config files may say `"k_spelling": "increments"`); `drafter_settings` maps a statistical drafter's
+    name to its settings (drafters/registry.py; only those that differ from the defaults are kept)."""
+
     target: str
     drafters: list[str] = field(default_factory=list)
-    k: list[list[int]] | None = None
-    k_spelling: str = "cumulative"
+    k: KMatrix | None = None
     lenience: float = 1.0
-    maxgram_length: int | None = None
+    bottom_length: int | None = None  # tokens the bottom statistical level proposes per call (None: its quota)
     backend: str = "llamacpp"  # or "hf"
     threads: int = 2
     n_ctx: int = 4096
-    bigram: str | None = "default"  # "default" (the packaged Qwen table), a path, or None
     dynamic: bool = False  # cost-aware drafting; K is then a cap
     costs: dict[str, dict] | None = None  # model ref -> CostCurve JSON (measured), for dynamic drafting
-    # the suffix drafter: calibration ("default": packaged, measured with the default target; a path;
-    # None: no confidences), longest context, min-hits gate, store of earlier outputs across requests (off
-    # by default: speed-neutral on the Q4_K_M target although its proposals are accepted far more often than
-    # the bigram guesses they replace, and with it a seeded sample depends on earlier requests; see README)
-    suffix_calibration: str | None = "default"
-    suffix_max_ngram: int = 12
-    suffix_min_count: int = 1
-    suffix_persist: bool = False
+    drafter_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     note: str = ""  # free text: where the spec came from (e.g. the tuner's prediction)
     device: str = "cpu"  # hf backend: cpu, cuda, cuda:N, mps, auto (accelerate's device map)
     dtype: str = "float32"  # hf backend: float32, bfloat16, float16
     devices: dict[str, str] = field(default_factory=dict)  # hf backend: model reference -> its own device
     n_gpu_layers: int = 0  # llamacpp backend: layers offloaded to the GPU, -1 = all
 
+    def __post_init__(self) -> None:
+        if self.k is not None:
+            self.k = KMatrix.parse(self.k)  # rows from Python callers: cumulative, validated here once
+
     def cascade_config(self, costs: list | None = None) -> CascadeConfig:
-        return CascadeConfig.make(self.k, self.k_spelling, self.lenience, self.maxgram_length, self.dynamic, costs)
+        return CascadeConfig(self.k, float(self.lenience), self.bottom_length, self.dynamic,
+                             tuple(costs) if costs is not None else None)
+
+    def settings_of(self, drafter: str) -> dict[str, Any]:
+        """The settings this spec gives a statistical drafter (those not given are the registry's defaults)."""
+        return dict(self.drafter_settings.get(drafter, {}))
 
     def validate(self) -> None:
         if self.backend not in ("llamacpp", "hf"):
             raise CSDraftingError(f"backend must be 'llamacpp' or 'hf', not {self.backend!r}")
-        for name in STATISTICAL:
-            if name in self.drafters[:-1]:
+        for name in self.drafters[:-1]:
+            if registry.is_statistical(name):
                 raise CSDraftingError(f"{name} can only be the last drafter")
         CascadeConfig.check_levels(self.cascade_config(), len(self.drafters))
-        if self.suffix_max_ngram < 1 or self.suffix_min_count < 1:
-            raise CSDraftingError("suffix_max_ngram and suffix_min_count must be >= 1")
+        self.drafter_settings = check_drafter_settings(self.drafter_settings)
         if self.costs is not None:
             from .cascade.planning import CostCurve
 
@@ -82,9 +84,8 @@ class CascadeSpec:
                     CostCurve.from_json(curve)
                 except (KeyError, TypeError) as exc:
                     raise CSDraftingError(f"costs[{ref!r}] is not a cost curve ({{'ns': [...], 'seconds': [...]}}): {exc}") from None
-        for ref in [self.target, *self.drafters]:
-            if ref not in STATISTICAL:
-                check_ref(ref)
+        for ref in [self.target, *neural(self.drafters)]:
+            check_ref(ref)
         self.validate_placement()
 
     def validate_placement(self) -> None:
@@ -93,7 +94,7 @@ class CascadeSpec:
         self.device, self.dtype = normalize_device(self.device), normalize_dtype(self.dtype)
         if not isinstance(self.devices, dict):
             raise CSDraftingError(f"devices must map model references to devices, e.g. {{\"{self.target}\": \"cuda:0\"}}")
-        models = [self.target, *(d for d in self.drafters if d not in STATISTICAL)]
+        models = [self.target, *neural(self.drafters)]
         for ref in self.devices:
             if ref not in models:
                 raise CSDraftingError(f"devices names {ref!r}, which is not a model of this cascade ({', '.join(models)})")
@@ -117,49 +118,65 @@ class CascadeSpec:
             return {"device": self.devices.get(ref, self.device), "dtype": self.dtype}
         return {"n_gpu_layers": self.n_gpu_layers}
 
+    def copy(self) -> "CascadeSpec":
+        return copy.deepcopy(self)
+
     def to_json(self) -> dict[str, Any]:
-        # placement at its defaults is left out, so that specs (and benchmark settings) written before
-        # these fields existed still compare equal
-        return {k: v for k, v in asdict(self).items() if not (k in PLACEMENT_DEFAULTS and v == PLACEMENT_DEFAULTS[k])}
+        # placement at its defaults and empty drafter settings are left out, so that specs (and benchmark
+        # settings) written before these fields existed still compare equal
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d.update(k=self.k.rows() if self.k else None, k_spelling="cumulative", costs=copy.deepcopy(self.costs),
+                 drafter_settings=copy.deepcopy(self.drafter_settings), devices=dict(self.devices))
+        omit = {**PLACEMENT_DEFAULTS, "drafter_settings": {}}
+        return {k: v for k, v in d.items() if not (k in omit and v == omit[k])}
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "CascadeSpec":
-        known = set(cls.__dataclass_fields__)
+    def parse(cls, data: Any, folder: Path | None = None) -> "CascadeSpec":
+        """A spec from config-file JSON, old spellings included, K read in its spelling; not yet validated
+        (`from_json` validates). `folder`: where the file lies, for relative paths in drafter settings."""
+        if not isinstance(data, dict):
+            raise CSDraftingError(f"a cascade config is a JSON object, not {type(data).__name__}")
+        data = dict(data)
+        for old, new in LEGACY_FIELDS.items():
+            if old in data:
+                if new in data and data[new] != data[old]:
+                    raise CSDraftingError(f"the cascade config gives both {old!r} (the old name) and {new!r}; keep {new!r}")
+                data[new] = data.pop(old)
+        settings = check_drafter_settings(_legacy_settings(data))
+        if folder is not None:
+            settings = {name: {key: registry.get(name).setting(key).relative_to(v, folder) for key, v in s.items()}
+                        for name, s in settings.items()}
+        data["drafter_settings"] = settings
+        known = set(cls.__dataclass_fields__) | {"k_spelling"}
         unknown = set(data) - known
         if unknown:
             raise CSDraftingError(f"unknown keys in cascade config: {sorted(unknown)}; known: {sorted(known)}")
         if "target" not in data:
             raise CSDraftingError("a cascade config needs a 'target'")
-        spec = cls(**data)
+        spelling = data.pop("k_spelling", "cumulative")
+        if data.get("k") is not None:
+            data["k"] = KMatrix.parse(data["k"], spelling)
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], folder: Path | None = None) -> "CascadeSpec":
+        spec = cls.parse(data, folder)
         spec.validate()
         return spec
 
     @classmethod
     def load(cls, path: str | Path) -> "CascadeSpec":
         path = Path(path)
-        if not path.is_file():
-            raise CSDraftingError(f"cascade config {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CSDraftingError(f"cascade config {path} is not valid JSON: {exc}") from None
-        cal = data.get("suffix_calibration") if isinstance(data, dict) else None
-        if cal not in (None, "default") and not Path(cal).is_absolute():
-            data["suffix_calibration"] = str(path.parent / cal)  # written beside the config by `tune`
-        return cls.from_json(data)
+        return cls.from_json(read_json(path, "cascade config"), folder=path.parent)  # e.g. a calibration `tune` wrote beside the config
 
     def describe(self) -> str:
-        k = KMatrix.parse(self.k, self.k_spelling).cumulative if self.k else None
+        k = self.k.rows() if self.k else "-"
         return (
             f"target {self.target}; drafters {', '.join(self.drafters) or '(none: plain decoding)'}; "
-            f"K (cumulative) {[list(r) for r in k] if k else '-'}{' as a cap, cost-aware' if self.dynamic else ''}; "
+            f"K (cumulative) {k}{' as a cap, cost-aware' if self.dynamic else ''}; "
             f"lenience {self.lenience}; backend {self.backend}, {self.threads} threads{self._describe_placement()}"
         )
 
@@ -173,6 +190,45 @@ class CascadeSpec:
 PLACEMENT_DEFAULTS: dict[str, Any] = {"device": "cpu", "dtype": "float32", "devices": {}, "n_gpu_layers": 0}
 
 
+def _legacy_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """`drafter_settings` with the old top-level keys (`suffix_persist`, `bigram`, ...) folded in and popped."""
+    settings = data.get("drafter_settings") or {}
+    if not isinstance(settings, dict):
+        raise CSDraftingError(f"drafter_settings maps a drafter's name to its settings, e.g. "
+                              f"{{\"suffix\": {{\"persist\": true}}}}, not {settings!r}")
+    settings = {name: dict(s) if isinstance(s, dict) else s for name, s in settings.items()}
+    for old, pairs in registry.legacy_keys().items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        for drafter, key in pairs:
+            mine = settings.setdefault(drafter, {})
+            if not isinstance(mine, dict):
+                raise CSDraftingError(f"drafter_settings[{drafter!r}] must be a JSON object, not {mine!r}")
+            if key in mine and mine[key] != value:
+                raise CSDraftingError(f"the cascade config gives {old!r} (the old spelling) and drafter_settings"
+                                      f"[{drafter!r}][{key!r}]; keep the second")
+            mine[key] = value
+    return settings
+
+
+def check_drafter_settings(settings: Any) -> dict[str, dict[str, Any]]:
+    """Every drafter's settings checked against the registry; default values and empty entries dropped."""
+    if not isinstance(settings, Mapping):
+        raise CSDraftingError(f"drafter_settings maps a drafter's name to its settings, not {settings!r}")
+    out = {}
+    for name, given in settings.items():
+        checked = registry.get(name).check(given)
+        if checked:
+            out[name] = checked
+    return out
+
+
+def neural(refs: Sequence[str]) -> list[str]:
+    """The references that name models (not registered statistical drafters)."""
+    return [r for r in refs if not registry.is_statistical(r)]
+
+
 # The embedded default: the shipped Qwen2.5-Coder-1.5B Q4_K_M file (what a CPU user runs) with the
 # confident suffix drafter below it, drafting cost-aware up to 16 tokens (README, "Choosing the default").
 # At this precision every model here is compute-bound on a CPU (reviewing k tokens costs about k/2
@@ -181,15 +237,15 @@ PLACEMENT_DEFAULTS: dict[str, Any] = {"device": "cpu", "dtype": "float32", "devi
 # the cascade is built (a few seconds): its shape differs between machines of the same kind (2 tokens cost
 # 1.5x one token on one, 1.7x on another), and a curve from another machine makes the planner over-draft.
 # `csdrafting tune` measures it more thoroughly, and re-decides the cascade, per machine.
+# The suffix drafter's settings stay at the registry's defaults: the packaged calibration, no store across
+# requests (speed-neutral on the Q4_K_M target although its proposals are accepted far more often than the
+# bigram guesses they replace, and with it a seeded sample depends on earlier requests; see README).
 DEFAULT_TARGET = "qwen2.5-coder-1.5b:Q4_K_M"
-# the CascadeSpec fields that configure statistical drafters (spec.statistical_drafter reads them)
-STATISTICAL_FIELDS = ("bigram", "suffix_calibration", "suffix_max_ngram", "suffix_min_count", "suffix_persist")
 
 DEFAULT_SPEC = CascadeSpec(
     target=DEFAULT_TARGET,
-    drafters=[SUFFIX],
-    k=[[16]],
-    k_spelling="cumulative",
+    drafters=["suffix"],
+    k=KMatrix.parse([[16]]),
     lenience=1.0,
     dynamic=True,
     note="built-in default (measured fastest at the shipped precision on 2-core x86-64 CPUs; see README)",
@@ -277,28 +333,22 @@ def load_model(
     return model
 
 
-def bigram_table(spec: CascadeSpec, vocab_size: int):
-    """The bigram fallback the spec names ("default": the packaged Qwen table, if the vocabulary fits)."""
-    from .drafters.bigram import BigramTable
-    from .drafters.corpus import load_default_qwen_bigram
-
-    if spec.bigram == "default":
-        table = load_default_qwen_bigram()
-        return table if table.vocab_size == vocab_size else None
-    return BigramTable.load(spec.bigram) if spec.bigram else None
-
-
-def statistical_drafter(spec: CascadeSpec, ref: str, vocab_size: int):
-    """The statistical drafter `ref` names (maxgram or suffix), configured as the spec says."""
-    if ref == MAXGRAM:
-        return MaxGram(bigram_table(spec, vocab_size))
-    from .drafters.suffix import Calibration, SuffixDrafter, default_calibration
-
-    if spec.suffix_calibration == "default":
-        cal = default_calibration()
-    else:
-        cal = Calibration.load(spec.suffix_calibration) if spec.suffix_calibration else None
-    return SuffixDrafter(cal, bigram_table(spec, vocab_size), spec.suffix_max_ngram, spec.suffix_min_count, spec.suffix_persist)
+def drafter_objects(refs: Sequence[str], settings: Mapping[str, Mapping[str, Any]], vocab_size: int | None,
+                    models: Mapping[str, Any], given: Mapping[str, Any] | None = None) -> list:
+    """The drafter object for each reference: `given` ones as they are (e.g. the bench's oracle), registered
+    statistical drafters built with their `settings`, and models looked up in `models` (already loaded)."""
+    out = []
+    for ref in refs:
+        if given and ref in given:
+            out.append(given[ref])
+        elif registry.is_statistical(ref):
+            out.append(registry.build(ref, settings.get(ref), vocab_size))
+        elif ref in models:
+            out.append(models[ref])
+        else:
+            raise CSDraftingError(f"drafter {ref!r} is neither a loaded model nor a registered statistical drafter "
+                                  f"({', '.join(registry.names())})")
+    return out
 
 
 def cost_curves(spec: CascadeSpec, models: list, progress: bool = True) -> list | None:
@@ -310,7 +360,7 @@ def cost_curves(spec: CascadeSpec, models: list, progress: bool = True) -> list 
     refs = [spec.target, *spec.drafters]
     out = []
     for ref, model in zip(refs, models):
-        if ref in STATISTICAL:
+        if registry.is_statistical(ref):
             out.append(None)
         elif spec.costs and ref in spec.costs:
             out.append(CostCurve.from_json(spec.costs[ref]))
@@ -323,14 +373,19 @@ def cost_curves(spec: CascadeSpec, models: list, progress: bool = True) -> list 
     return out
 
 
+def load_models(spec: CascadeSpec, refs: Sequence[str], progress: bool = True) -> dict[str, Any]:
+    """The models among `refs` (statistical drafters skipped), each loaded once and placed as the spec says."""
+    out: dict[str, Any] = {}
+    for ref in neural(refs):
+        if ref not in out:
+            out[ref] = load_model(ref, spec.backend, spec.threads, spec.n_ctx, progress, **spec.placement(ref))
+    return out
+
+
 def build(spec: CascadeSpec, progress: bool = True):
     """(target, drafters, CascadeConfig) ready for `Cascade`."""
     spec.validate()
-    target = load_model(spec.target, spec.backend, spec.threads, spec.n_ctx, progress, **spec.placement(spec.target))
-    drafters = []
-    for ref in spec.drafters:
-        if ref in STATISTICAL:
-            drafters.append(statistical_drafter(spec, ref, target.info.vocab_size))
-        else:
-            drafters.append(load_model(ref, spec.backend, spec.threads, spec.n_ctx, progress, **spec.placement(ref)))
+    target = load_models(spec, [spec.target], progress)[spec.target]
+    models = load_models(spec, spec.drafters, progress)
+    drafters = drafter_objects(spec.drafters, spec.drafter_settings, target.info.vocab_size, models)
     return target, drafters, spec.cascade_config(cost_curves(spec, [target, *drafters], progress))

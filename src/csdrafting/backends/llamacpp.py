@@ -336,11 +336,6 @@ class LlamaCppModel:
             del self._stamps[n:]
 
     # ---------------------------------------------------------------------------------------------- lifetime
-    def set_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:
-        """Change the thread counts of later decodes (single-token and batched)."""
-        self.n_threads, self.n_threads_batch = n_threads, n_threads_batch or n_threads
-        _L.llama_set_n_threads(self._ctx, self.n_threads, self.n_threads_batch)
-
     def close(self) -> None:
         """Free the batch, context and model (in that order); the object is unusable afterwards."""
         if self._batch is not None:

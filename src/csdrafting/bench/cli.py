@@ -17,17 +17,18 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
 import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..protocol import CSDraftingError
+from ..files import atomic_write
+from ..flags import add_cascade_args, spec_from_args
+from ..protocol import CSDraftingError, run_guarded
 from . import datasets as ds_mod
 from .llamacpp_bin import BIN_BASELINE
+from .machine import machine, placement, versions
 from .methods import DEFAULT_GRIDS, ENGINE, ENGINE_METHODS, HF, LLAMA, LLAMA_BIN, PEERS, build_methods
 from .runner import CALIBRATION, EVAL, ExecutorPool, PromptIds, RecordStore, choose_lengths, exclusive, execute, plan
 from .summary import calibration_failures, exactness_failures, write_summary
@@ -79,8 +80,6 @@ def _names(choices):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import _add_cascade_args
-
     p = argparse.ArgumentParser(prog="csdrafting bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", nargs="?", choices=sorted(SUITES), help="quick (default) or full")
     p.add_argument("--suite", dest="suite_opt", choices=sorted(SUITES), help="the same, as an option")
@@ -107,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-only", action="store_true", help="only rebuild summary.md and the plots from records.jsonl")
     p.add_argument("--fresh", action="store_true", help="move earlier results in --out aside (into old-<time>/) and start over")
     p.add_argument("--no-progress", action="store_true")
-    _add_cascade_args(p)
+    add_cascade_args(p)
     return p
 
 
@@ -138,60 +137,12 @@ NOTES = [
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}{_gpus()}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-
-
-def _gpus() -> str:
-    """The accelerators torch sees (named in the summary: GPU figures must say which GPU)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return ", " + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    except Exception:  # no torch, or a broken driver: the CPU line still stands
-        pass
-    return ""
-
-
-def _placement(spec: dict) -> str:
-    if spec.get("backend") == "hf":
-        own = "".join(f", {r} on {d}" for r, d in (spec.get("devices") or {}).items())
-        return f"transformers {spec.get('dtype', 'float32')} on {spec.get('device', 'cpu')}{own}; "
-    n = spec.get("n_gpu_layers") or 0
-    return f"llama.cpp, {n if n >= 0 else 'all'} GPU layers; " if n else ""  # as CascadeSpec describes it
-
-
-def _versions() -> str:
-    out = []
-    for mod in ("llama_cpp", "transformers", "torch"):
-        try:
-            out.append(f"{mod} {__import__(mod).__version__}")
-        except Exception:
-            pass
-    return ", ".join(out)
-
-
 def _check_settings(out: Path, settings: dict) -> None:
     """run.json pins what makes records comparable; a resume with other settings is refused."""
     path = out / "run.json"
     settings = json.loads(json.dumps(settings))  # compare as stored: tuples become lists
     if path.exists():
-        old = json.loads(path.read_text())["settings"]
+        old = _normalized(json.loads(path.read_text())["settings"])
         diff = [k for k in ("spec", "max_new_tokens", "timing", "hf_target", "hf_assistant") if old.get(k) != settings.get(k)]
         old_m = {m["name"]: m for m in old.get("methods", [])}
         diff += [f"method {m['name']}" for m in settings["methods"] if m["name"] in old_m and old_m[m["name"]] != m]
@@ -202,6 +153,19 @@ def _check_settings(out: Path, settings: dict) -> None:
             )
         settings = {**old, **settings, "methods": list({**old_m, **{m["name"]: m for m in settings["methods"]}}.values())}
     path.write_text(json.dumps({"settings": settings}, indent=1) + "\n")
+
+
+def _normalized(settings: dict) -> dict:
+    """Settings from an older run.json in today's spelling (renamed fields, per-drafter settings), so that
+    a resume compares what ran, not how it was written."""
+    from ..spec import CascadeSpec
+    from .methods import Method
+
+    out = dict(settings)
+    if isinstance(out.get("spec"), dict):
+        out["spec"] = CascadeSpec.parse(out["spec"]).to_json()
+    out["methods"] = [json.loads(json.dumps(Method.from_json(m).to_json())) for m in out.get("methods", [])]
+    return out
 
 
 def _archive(out: Path) -> None:
@@ -247,9 +211,7 @@ def prepare_prompts(out: Path, datasets: list[str], limit: int, cal: int, tokeni
         cache["eos"] = sorted(model.info.eos_token_ids)
         cache["tokenizer"] = model.info.label
         cache["prompts"] = list(have.values())
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(cache) + "\n")
-        tmp.replace(path)
+        atomic_write(path, json.dumps(cache) + "\n")
     return result, cache["eos"] or []
 
 
@@ -257,8 +219,6 @@ def prepare_prompts(out: Path, datasets: list[str], limit: int, cal: int, tokeni
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import spec_from_args
-
     argv_list = list(sys.argv[1:] if argv is None else argv)
     if argv_list[:1] == ["noise"]:
         from .noise import main as noise_main
@@ -269,20 +229,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite and args.suite_opt and args.suite != args.suite_opt:
         parser.error(f"two suites given: {args.suite} and --suite {args.suite_opt}")
     args.suite = args.suite or args.suite_opt or "quick"
-    try:
-        return run(args, spec_from_args(args), argv)
-    except CSDraftingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+    return run_guarded(lambda: run(args, spec_from_args(args), argv), "interrupted: rerun the same command to resume")
 
 
-def run(args: argparse.Namespace, spec, argv) -> int:
+@dataclass
+class RunPlan:
+    """A bench run resolved from its suite and flags: what runs, on what, where the results go."""
+
+    suite: str
+    out: Path
+    datasets: list[str]
+    limit: int
+    calibration: int
+    max_new: int
+    hf_limit: int
+    methods: list
+    hf_target: str
+    hf_assistant: str | None
+
+    @property
+    def order(self) -> list[str]:
+        return [m.name for m in self.methods]
+
+    def settings(self, spec, timing: str) -> dict:
+        """What run.json pins (a resume with other settings is refused)."""
+        return {"spec": spec.to_json(), "max_new_tokens": self.max_new, "timing": timing,
+                "hf_target": self.hf_target if any(m.family == HF for m in self.methods) else None,
+                "hf_assistant": self.hf_assistant if "hf-assisted" in self.order else None,
+                "methods": [m.to_json() for m in self.methods]}
+
+
+def resolve_plan(args: argparse.Namespace, spec) -> RunPlan:
     suite = SUITES[args.suite]
-    out = Path(args.out or f"runs/bench-{args.suite}")
-    datasets = list(args.datasets or suite.datasets)
     limit = suite.limit if args.limit is None else args.limit
     cal = suite.calibration_prompts if args.calibration_prompts is None else args.calibration_prompts
     max_new = args.max_new_tokens or suite.max_new_tokens
@@ -296,62 +274,38 @@ def run(args: argparse.Namespace, spec, argv) -> int:
         raise CSDraftingError("--limit and --calibration-prompts must be >= 0 and --max-new-tokens > 0")
     grids = {k: v for k, v in {"sd": args.grid_sd, "maxgram": args.grid_maxgram, "oracle": args.grid_oracle,
                                 "llama-pld": args.grid_llama_pld}.items() if v}
-    from ..spec import STATISTICAL, CascadeSpec
+    from ..spec import CascadeSpec, neural
 
     also = [(Path(p).stem, CascadeSpec.load(p)) for p in args.also]
     methods = build_methods(spec, args.methods or ENGINE_METHODS, peers, args.sd_drafter, calibrate=cal > 0, grids=grids,
                             also=also)
-    order = [m.name for m in methods]
-    neural = [d for d in (args.sd_drafter or spec.drafters) if d not in STATISTICAL]
-    hf_target = args.hf_target or spec.target
-    hf_assistant = args.hf_assistant or (neural[0] if neural else None)
-    if "hf-assisted" in order and not hf_assistant:
+    models = neural(args.sd_drafter or spec.drafters)
+    plan_ = RunPlan(args.suite, Path(args.out or f"runs/bench-{args.suite}"), list(args.datasets or suite.datasets),
+                    limit, cal, max_new, hf_limit, methods, args.hf_target or spec.target,
+                    args.hf_assistant or (models[0] if models else None))
+    if "hf-assisted" in plan_.order and not plan_.hf_assistant:
         raise CSDraftingError("hf-assisted needs an assistant: give --hf-assistant or a neural drafter")
-    command = "csdrafting bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    return plan_
 
+
+def run(args: argparse.Namespace, spec, argv) -> int:
+    p = resolve_plan(args, spec)
+    out, methods = p.out, p.methods
+    command = "csdrafting bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     if args.summary_only:
-        return summarize(out, args.suite, command, order)
-    settings = {"spec": spec.to_json(), "max_new_tokens": max_new, "timing": args.timing,
-                "hf_target": hf_target if any(m.family == HF for m in methods) else None,
-                "hf_assistant": hf_assistant if "hf-assisted" in order else None,
-                "methods": [m.to_json() for m in methods]}
+        return summarize(out, args.suite, command, p.order)
     with exclusive(out):
         if args.fresh:
             _archive(out)
-        _check_settings(out, settings)
+        _check_settings(out, p.settings(spec, args.timing))
         store = RecordStore(out / "records.jsonl")
         if store.repaired:
             print(f"records.jsonl: dropped {store.repaired} incomplete or duplicate line(s) left by an interrupted run",
                   file=sys.stderr)
-        print(f"# bench {args.suite}: {spec.describe()}\n# datasets {','.join(datasets)}; {limit} eval + {cal} calibration "
-              f"prompts each; {max_new} new tokens, greedy; timing {args.timing}; out {out}", file=sys.stderr)
-
-        def engine_factory():
-            from .executors import EngineExecutor
-
-            return EngineExecutor.from_spec(spec, [m for m in methods if m.family == ENGINE])
-
-        eos_box: list[int] = []
-        n_ctx_box: list[int] = []
-
-        def llama_factory():
-            from .executors import LlamaExecutor
-
-            return LlamaExecutor(spec.target, spec.threads, n_ctx_box[0], frozenset(eos_box))
-
-        def bin_factory():
-            from .executors import LlamaCppBinExecutor
-
-            draft = next((m.drafters[0] for m in methods if m.name == "llama-cpp-draft-simple"), None)
-            return LlamaCppBinExecutor(spec.target, draft, spec.threads, n_ctx_box[0])
-
-        def hf_factory():
-            from .executors import HFExecutor
-
-            return HFExecutor(hf_target, hf_assistant if "hf-assisted" in order else None, spec.threads, frozenset(eos_box))
-
-        pool = ExecutorPool({ENGINE: engine_factory, LLAMA: llama_factory, HF: hf_factory, LLAMA_BIN: bin_factory},
-                            log=lambda m: print(m, file=sys.stderr))
+        print(f"# bench {args.suite}: {spec.describe()}\n# datasets {','.join(p.datasets)}; {p.limit} eval + "
+              f"{p.calibration} calibration prompts each; {p.max_new} new tokens, greedy; timing {args.timing}; out {out}",
+              file=sys.stderr)
+        pool, eos_box, n_ctx_box = _pool(p, spec)
 
         def tokenizer_model():
             if any(m.family == ENGINE for m in methods):
@@ -360,25 +314,58 @@ def run(args: argparse.Namespace, spec, argv) -> int:
 
             return load_model(spec.target, spec.backend, spec.threads, spec.n_ctx, **spec.placement(spec.target))
 
-        prompts, eos = prepare_prompts(out, datasets, limit, cal, tokenizer_model)
+        prompts, eos = prepare_prompts(out, p.datasets, p.limit, p.calibration, tokenizer_model)
         eos_box.extend(eos)
-        longest = max((len(p.ids) for p in prompts), default=0)
-        n_ctx_box.append(min(spec.n_ctx, -(-(longest + max_new + 64) // 256) * 256))
-        units = plan(methods, prompts, hf_limit)
+        longest = max((len(x.ids) for x in prompts), default=0)
+        n_ctx_box.append(min(spec.n_ctx, -(-(longest + p.max_new + 64) // 256) * 256))
+        units = plan(methods, prompts, p.hf_limit)
         pending = sum(u.key not in store for u in units)
         print(f"# {len(units)} runs planned, {len(units) - pending} already recorded, {pending} to go", file=sys.stderr)
         t0 = time.perf_counter()
         finished = False
         try:
-            execute(units, methods, {(p.phase, p.dataset, p.id): p for p in prompts}, store, pool, max_new,
+            execute(units, methods, {(x.phase, x.dataset, x.id): x for x in prompts}, store, pool, p.max_new,
                     args.timing, progress=not args.no_progress, extra={"suite": args.suite})
             finished = True
         finally:
             pool.close()
             if not finished and len(store):  # interrupted or failed: summarize what is there
-                summarize(out, args.suite, command, order, quiet=True)
+                summarize(out, args.suite, command, p.order, quiet=True)
         print(f"# done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return summarize(out, args.suite, command, order)
+    return summarize(out, args.suite, command, p.order)
+
+
+def _pool(p: RunPlan, spec) -> tuple[ExecutorPool, list[int], list[int]]:
+    """One executor per family, made on first use; the peers learn the EOS ids and the context length from
+    the prompts, filled into the two boxes before any executor is made."""
+    eos_box: list[int] = []
+    n_ctx_box: list[int] = []
+
+    def engine_factory():
+        from .executors import EngineExecutor
+
+        return EngineExecutor.from_spec(spec, [m for m in p.methods if m.family == ENGINE])
+
+    def llama_factory():
+        from .executors import LlamaExecutor
+
+        return LlamaExecutor(spec.target, spec.threads, n_ctx_box[0], frozenset(eos_box))
+
+    def bin_factory():
+        from .executors import LlamaCppBinExecutor
+
+        draft = next((m.drafters[0] for m in p.methods if m.name == "llama-cpp-draft-simple"), None)
+        return LlamaCppBinExecutor(spec.target, draft, spec.threads, n_ctx_box[0])
+
+    def hf_factory():
+        from .executors import HFExecutor
+
+        return HFExecutor(p.hf_target, p.hf_assistant if "hf-assisted" in p.order else None, spec.threads,
+                          frozenset(eos_box))
+
+    pool = ExecutorPool({ENGINE: engine_factory, LLAMA: llama_factory, HF: hf_factory, LLAMA_BIN: bin_factory},
+                        log=lambda m: print(m, file=sys.stderr))
+    return pool, eos_box, n_ctx_box
 
 
 def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool = False) -> int:
@@ -391,8 +378,7 @@ def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool
     settings = json.loads((out / "run.json").read_text())["settings"] if (out / "run.json").exists() else {}
     from .methods import Method
 
-    methods = [Method(**{k: (tuple(tuple(r) for r in v) if k == "k" and v else tuple(v) if k in ("drafters", "grid") else v)
-                         for k, v in m.items() if k != "baseline"}) for m in settings.get("methods", [])]
+    methods = [Method.from_json(m) for m in settings.get("methods", [])]
     choices = choose_lengths(methods, records) if methods else {}
     names = {}
     for r in records:
@@ -403,7 +389,7 @@ def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool
         "suite": suite,
         "command": f"`{command}`",
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{machine()}; {spec.get('threads', '?')} threads per model; {_placement(spec)}{_versions()}",
+        "machine": f"{machine()}; {spec.get('threads', '?')} threads per model; {placement(spec)}{versions()}",
         "target": spec.get("target"),
         "models": "; ".join(f"{n} ({k})" for n, k in names.items()),
         "generation": f"greedy, max_new_tokens {settings.get('max_new_tokens', '?')}",

@@ -26,7 +26,7 @@ plain, with ``assistant_model=`` and with ``prompt_lookup_num_tokens=``, float32
 programs: ``llama-cpp-plain`` (``llama-completion``) and ``llama-cpp-draft-simple`` / ``-ngram-map-k`` /
 ``-ngram-mod`` / ``-ngram-cache`` (``llama-speculative-simple --spec-type ...``; see `llamacpp_bin`).
 
-Engine methods carry their cascade as data: drafters, cumulative K, lenience, Max-Gram length, and
+Engine methods carry their cascade as data: drafters, cumulative K, lenience, bottom length, and
 `config`, any further `CascadeConfig` fields (by name) merged into the configuration the executor builds;
 csd, vertical and horizontal start from the spec's own configuration, so fields the spec carries reach
 them without changes here.
@@ -37,10 +37,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from ..cascade.config import KMatrix
-from ..drafters.maxgram import MaxGram
+from ..cascade.config import LEGACY_FIELDS, KMatrix
+from ..drafters import registry
+from ..drafters.base import StatisticalDrafter
 from ..protocol import CSDraftingError
-from ..spec import MAXGRAM, STATISTICAL, STATISTICAL_FIELDS, CascadeSpec, split_ref
+from ..spec import CascadeSpec, check_drafter_settings, neural, split_ref
 from .llamacpp_bin import BIN_BASELINE, BIN_PEERS
 
 # what each family of methods is compared with, and which output it must reproduce exactly
@@ -50,6 +51,9 @@ PEERS = ("llama-pld", "hf-assisted", "hf-pld", *BIN_PEERS)
 # the quota of each neural drafter reviewing the level below in the vertical row, where the spec has none
 VERTICAL_REVIEW_K = 4
 ENGINE_METHODS = ("plain", "sd", "maxgram", "vertical", "horizontal", "csd", "oracle")
+# the paper's statistical level: what the maxgram row runs, and the vertical row's bottom when the spec has none
+PAPER_BOTTOM = "maxgram"
+ORACLE = "oracle"  # a drafter reference only the bench knows (see Oracle)
 
 # small on purpose: every point runs on every calibration prompt (about 40 s each for 128 tokens here)
 DEFAULT_GRIDS = {
@@ -77,7 +81,7 @@ class Method:
     drafters: tuple[str, ...] = ()
     k: tuple[tuple[int, ...], ...] | None = None
     lenience: float = 1.0
-    maxgram_length: int | None = None
+    bottom_length: int | None = None
     grid: tuple[int, ...] = ()
     default: int | None = None  # the draft length used when not calibrating
     params: dict = field(default_factory=dict, compare=False)  # fixed extra parameters (peers)
@@ -115,7 +119,7 @@ class Method:
         if self.family == ENGINE:
             out.setdefault("k", None)
             out["lenience"] = self.lenience
-            out["maxgram_length"] = self.maxgram_length
+            out["bottom_length"] = self.bottom_length
             out["drafters"] = list(self.drafters)
             if self.config:
                 out["config"] = dict(self.config)
@@ -128,18 +132,33 @@ class Method:
         d["baseline"] = self.baseline
         return d
 
+    @classmethod
+    def from_json(cls, d: dict) -> "Method":
+        """A method as run.json keeps it (older files: `maxgram_length`, suffix settings as flat keys)."""
+        d = {LEGACY_FIELDS.get(k, k): v for k, v in d.items() if k != "baseline"}
+        params = dict(d.get("params") or {})
+        if "statistical" in params:  # before per-drafter settings: the --also config's flat fields
+            flat = params.pop("statistical")
+            params["drafter_settings"] = check_drafter_settings(CascadeSpec.parse({"target": "-", **flat}).drafter_settings)
+        d["params"] = params
+        for key in ("drafters", "grid"):
+            if key in d:
+                d[key] = tuple(d[key])
+        if d.get("k"):
+            d["k"] = tuple(tuple(r) for r in d["k"])
+        return cls(**d)
 
-class Oracle(MaxGram):
+
+class Oracle(StatisticalDrafter):
     """A free drafter that knows the answer: it proposes the next tokens of a reference continuation.
 
     Given the target's own greedy output for this prompt as the reference, every proposal is accepted, so
     the cascade [target, oracle] with K = [[k]] shows what a perfect k-token drafter would gain at this
-    verification cost. It is a MaxGram subclass only so that the engine treats it as a zero-cost bottom
-    proposer; it proposes nothing once the text leaves the reference.
+    verification cost. It proposes nothing once the text leaves the reference.
     """
 
-    def __init__(self, name: str = "oracle") -> None:
-        super().__init__(None, name)
+    def __init__(self, name: str = ORACLE) -> None:
+        self.name = name
         self.prompt: list[int] = []
         self.reference: list[int] = []
 
@@ -178,7 +197,7 @@ def vertical_k(k: KMatrix | None, n_levels: int, spec_drafters: Sequence[str] = 
     unused: speculative decoding under a wrong name.
     """
     inc = k.increments() if k is not None else []
-    same = list(spec_drafters) if len(spec_drafters) == n_levels and spec_drafters[-1] in STATISTICAL else []
+    same = list(spec_drafters) if len(spec_drafters) == n_levels and registry.is_statistical(spec_drafters[-1]) else []
     rows = [[0] * n_levels for _ in range(n_levels)]
     for r in range(n_levels):
         v = inc[r][r] if same and r < len(inc) else 0
@@ -214,8 +233,8 @@ def build_methods(
     (default: every neural drafter of the spec). `vertical` and `horizontal` need at least two drafters in
     the spec and are skipped (with a note in the returned list's descriptions) otherwise. `calibrate=False`
     collapses every grid to its default point. `also` adds one engine row per (name, cascade config), run on
-    the same target (its drafters, K, lenience, Max-Gram length and dynamic flag; its cost curves and suffix
-    settings come from the bench's own spec).
+    the same target (its drafters, K, lenience, bottom length, dynamic flag and drafter settings; its cost
+    curves come from the bench's own spec).
     """
     grids = {**DEFAULT_GRIDS, **(grids or {})}
     unknown = set(methods) - set(ENGINE_METHODS)
@@ -225,73 +244,75 @@ def build_methods(
     if bad_peers:
         raise CSDraftingError(f"unknown peer(s) {sorted(bad_peers)}; choose from {list(PEERS)}")
     spec.validate()
-    neural = [d for d in spec.drafters if d not in STATISTICAL]
-    # the vertical row ends in the spec's own statistical level (Max-Gram when the spec has none)
-    bottom = spec.drafters[-1] if spec.drafters and spec.drafters[-1] in STATISTICAL else MAXGRAM
-    sd_drafters = list(neural if sd_drafters is None else sd_drafters)
-    if set(STATISTICAL) & set(sd_drafters):
+    sd_drafters = list(neural(spec.drafters) if sd_drafters is None else sd_drafters)
+    if any(registry.is_statistical(d) for d in sd_drafters):
         raise CSDraftingError("a statistical drafter alone is the method 'maxgram' (or an --also config), not an sd drafter")
 
     def tuned(kind: str) -> dict:
         grid = tuple(grids[kind]) if calibrate else ()
         return {"grid": grid if len(grid) > 1 else (), "default": grid[0] if len(grid) == 1 else DEFAULT_K[kind]}
 
-    out: list[Method] = []
     wanted = list(dict.fromkeys(methods))
-    if wanted:
-        out.append(Method("plain", ENGINE, "target alone, autoregressive (the baseline)"))
-    cascade_k = spec.cascade_config().k
+    out = [Method("plain", ENGINE, "target alone, autoregressive (the baseline)")] if wanted else []
     for kind in wanted:
-        if kind == "sd":
-            for ref in sd_drafters:
-                out.append(Method(
-                    f"sd:{model_label(ref)}", ENGINE,
-                    f"speculative decoding, drafter {ref} drafting k tokens autoregressively",
-                    drafters=(ref,), **tuned("sd"),
-                ))
-        elif kind == "maxgram":
-            out.append(Method("maxgram", ENGINE, "Max-Gram alone as the drafter, k tokens per proposal",
-                              drafters=(MAXGRAM,), **tuned("maxgram")))
-        elif kind == "vertical":
-            if not neural:
-                continue  # needs at least one neural drafter to review Max-Gram
-            chain = tuple(neural) + (bottom,)
-            rows = vertical_k(cascade_k, len(chain), spec.drafters)
-            out.append(Method("vertical", ENGINE, "vertical cascade only: each level reviews only the drafts of the "
-                              f"level right below it, down to {bottom}", drafters=chain, k=_cumulative(rows),
-                              lenience=spec.lenience, maxgram_length=spec.maxgram_length, from_spec=True))
-        elif kind == "horizontal":
-            if cascade_k is None or cascade_k.size < 2:
-                continue  # needs a cascade of at least two drafters
-            rows = horizontal_k(cascade_k)
-            out.append(Method(kind, ENGINE, "horizontal cascade only: the target reviews drafts filled by each drafter "
-                              "in turn, no drafter reviews another", drafters=tuple(spec.drafters),
-                              k=_cumulative(rows), lenience=spec.lenience, maxgram_length=spec.maxgram_length,
-                              from_spec=True))
-        elif kind == "csd":
-            if cascade_k is None:
-                continue
-            out.append(Method("csd", ENGINE, f"CS Drafting: {spec.describe()}", drafters=tuple(spec.drafters),
-                              k=cascade_k.cumulative, lenience=spec.lenience, maxgram_length=spec.maxgram_length,
-                              from_spec=True))
-        elif kind == "oracle":
-            out.append(Method("oracle", ENGINE, "the target's own greedy output as a free k-token draft (ceiling)",
-                              drafters=("oracle",), **tuned("oracle")))
-    for name, other in also:
-        other.validate()
-        if other.target != spec.target:
-            raise CSDraftingError(f"--also {name}: its target {other.target} is not the bench's target {spec.target}")
-        k = other.cascade_config().k
-        # its statistical drafters' own settings (the bench's spec gives the rest)
-        statistical = {f: getattr(other, f) for f in STATISTICAL_FIELDS}
-        out.append(Method(f"cfg:{name}", ENGINE, f"config {name}: {other.describe()}", drafters=tuple(other.drafters),
-                          k=k.cumulative if k else None, lenience=other.lenience, maxgram_length=other.maxgram_length,
-                          config={"dynamic": other.dynamic}, params={"statistical": statistical}))
+        out += _engine_methods(kind, spec, sd_drafters, tuned)
+    out += [_also_method(name, other, spec) for name, other in also]
+    out += _peer_methods(peers, sd_drafters, tuned)
+    names = [m.name for m in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise CSDraftingError(f"duplicate method names {sorted(dup)}: give each sd drafter once")
+    return out
+
+
+def _engine_methods(kind: str, spec: CascadeSpec, sd_drafters: list[str], tuned) -> list[Method]:
+    """The rows of one engine method kind (none where the spec cannot make it)."""
+    models = neural(spec.drafters)
+    spec_k = spec.k
+    from_spec = dict(lenience=spec.lenience, bottom_length=spec.bottom_length, from_spec=True)
+    if kind == "sd":
+        return [Method(f"sd:{model_label(ref)}", ENGINE, f"speculative decoding, drafter {ref} drafting k tokens "
+                       "autoregressively", drafters=(ref,), **tuned("sd")) for ref in sd_drafters]
+    if kind == "maxgram":
+        return [Method("maxgram", ENGINE, "Max-Gram alone as the drafter, k tokens per proposal",
+                       drafters=(PAPER_BOTTOM,), **tuned("maxgram"))]
+    if kind == "vertical" and models:  # needs at least one neural drafter to review the bottom
+        # the vertical row ends in the spec's own statistical level (Max-Gram when the spec has none)
+        bottom = spec.drafters[-1] if registry.is_statistical(spec.drafters[-1]) else PAPER_BOTTOM
+        chain = tuple(models) + (bottom,)
+        rows = vertical_k(spec_k, len(chain), spec.drafters)
+        return [Method("vertical", ENGINE, "vertical cascade only: each level reviews only the drafts of the level "
+                       f"right below it, down to {bottom}", drafters=chain, k=_cumulative(rows), **from_spec)]
+    if kind == "horizontal" and spec_k is not None and spec_k.size >= 2:  # needs two drafters at least
+        return [Method(kind, ENGINE, "horizontal cascade only: the target reviews drafts filled by each drafter in "
+                       "turn, no drafter reviews another", drafters=tuple(spec.drafters),
+                       k=_cumulative(horizontal_k(spec_k)), **from_spec)]
+    if kind == "csd" and spec_k is not None:
+        return [Method("csd", ENGINE, f"CS Drafting: {spec.describe()}", drafters=tuple(spec.drafters),
+                       k=spec_k.cumulative, **from_spec)]
+    if kind == "oracle":
+        return [Method("oracle", ENGINE, "the target's own greedy output as a free k-token draft (ceiling)",
+                       drafters=(ORACLE,), **tuned("oracle"))]
+    return []
+
+
+def _also_method(name: str, other: CascadeSpec, spec: CascadeSpec) -> Method:
+    other.validate()
+    if other.target != spec.target:
+        raise CSDraftingError(f"--also {name}: its target {other.target} is not the bench's target {spec.target}")
+    # its statistical drafters run with its own settings (the bench's spec gives the cost curves)
+    return Method(f"cfg:{name}", ENGINE, f"config {name}: {other.describe()}", drafters=tuple(other.drafters),
+                  k=other.k.cumulative if other.k else None, lenience=other.lenience, bottom_length=other.bottom_length,
+                  config={"dynamic": other.dynamic}, params={"drafter_settings": other.drafter_settings})
+
+
+def _peer_methods(peers: Sequence[str], sd_drafters: list[str], tuned) -> list[Method]:
+    """The peers' rows, each family's plain decoding first."""
+    out = []
     if "llama-pld" in peers:
         out.append(Method("llama-plain", LLAMA, "llama-cpp-python Llama.generate, greedy, no draft model"))
-        t = tuned("llama-pld")
         out.append(Method("llama-pld", LLAMA, "llama-cpp-python Llama with LlamaPromptLookupDecoding(num_pred_tokens=k)",
-                          params={"max_ngram_size": 2}, **t))
+                          params={"max_ngram_size": 2}, **tuned("llama-pld")))
     hf = [p for p in peers if p.startswith("hf-")]
     if hf:
         out.append(Method("hf-plain", HF, "transformers generate, greedy, float32"))
@@ -303,7 +324,8 @@ def build_methods(
                               default=DEFAULT_K["hf-pld"]))
     bin_peers = [p for p in BIN_PEERS if p in peers]
     if bin_peers or BIN_BASELINE in peers:
-        out.append(Method(BIN_BASELINE, LLAMA_BIN, "llama.cpp's own llama-completion (plain decoding, greedy)", params={"spec_type": "none"}))
+        out.append(Method(BIN_BASELINE, LLAMA_BIN, "llama.cpp's own llama-completion (plain decoding, greedy)",
+                          params={"spec_type": "none"}))
         for p in bin_peers:
             what = p.removeprefix("llama-cpp-")
             drafters = tuple(sd_drafters[:1]) if what == "draft-simple" else ()
@@ -312,8 +334,4 @@ def build_methods(
             out.append(Method(p, LLAMA_BIN, f"llama.cpp's own llama-speculative-simple --spec-type {what}"
                               + (f" -md {drafters[0]}" if drafters else "") + ", library defaults, greedy",
                               drafters=drafters, params={"spec_type": what}))
-    names = [m.name for m in out]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise CSDraftingError(f"duplicate method names {sorted(dup)}: give each sd drafter once")
     return out

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..protocol import CSDraftingError
+from ..protocol import CSDraftingError, run_guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,23 +49,23 @@ def prompts_for(model, n: int) -> list[list[int]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        widths = tuple(int(w) for w in args.widths.split(",") if w.strip())
-        if args.prompts < 1 or args.positions < 1 or not widths or min(widths) < 2:
-            raise CSDraftingError("--prompts and --positions must be >= 1 and every width >= 2")
-        from ..exactness import measure_batch_noise, save_noise
-        from ..spec import load_model
+    return run_guarded(lambda: measure(args))
 
-        model = load_model(args.model, args.backend, args.threads, 4096)
-        prompts = prompts_for(model, args.prompts)
-        say = lambda m: print(m, file=sys.stderr)  # noqa: E731
-        say(f"measuring batch-shape noise of {model.info.label}: {len(prompts)} prompts x {args.positions} positions, "
-            f"widths {list(widths)}")
-        noise = measure_batch_noise(model, prompts, args.positions, widths, progress=say)
-        path = save_noise(noise, Path(args.out) if args.out else None)
-        print(json.dumps(noise.to_json(), indent=1))
-        say(f"threshold {noise.threshold:.5f} (max; 99.9th percentile {noise.p999:.5f}) stored in {path}")
-        return 0
-    except CSDraftingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def measure(args) -> int:
+    widths = tuple(int(w) for w in args.widths.split(",") if w.strip())
+    if args.prompts < 1 or args.positions < 1 or not widths or min(widths) < 2:
+        raise CSDraftingError("--prompts and --positions must be >= 1 and every width >= 2")
+    from ..exactness import measure_batch_noise, save_noise
+    from ..spec import load_model
+
+    model = load_model(args.model, args.backend, args.threads, 4096)
+    prompts = prompts_for(model, args.prompts)
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    say(f"measuring batch-shape noise of {model.info.label}: {len(prompts)} prompts x {args.positions} positions, "
+        f"widths {list(widths)}")
+    noise = measure_batch_noise(model, prompts, args.positions, widths, progress=say)
+    path = save_noise(noise, Path(args.out) if args.out else None)
+    print(json.dumps(noise.to_json(), indent=1))
+    say(f"threshold {noise.threshold:.5f} (max; 99.9th percentile {noise.p999:.5f}) stored in {path}")
+    return 0

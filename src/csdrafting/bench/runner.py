@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from ..exactness import IDENTICAL, MISMATCH, TIE, first_difference
+from ..files import atomic_write
 from ..protocol import CSDraftingError
 from .methods import HF, Method
 
@@ -89,11 +90,7 @@ class RecordStore:
             self.records[key] = rec
             keep.append(line)
         if self.repaired or (raw and not raw.endswith(b"\n")):
-            tmp = self.path.with_name(self.path.name + ".partial")
-            tmp.write_bytes(b"".join(line + b"\n" for line in keep))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            tmp.replace(self.path)
+            atomic_write(self.path, b"".join(line + b"\n" for line in keep), fsync=True)
 
     def __contains__(self, key: str) -> bool:
         return key in self.records

@@ -57,10 +57,6 @@ class Row:
     speedup_min: float | None = None  # the worst prompt's ratio to the baseline
 
     @property
-    def exact_rate(self) -> float | None:
-        return self.exact_matches / self.exact_compared if self.exact_compared else None
-
-    @property
     def is_baseline(self) -> bool:
         return self.method == self.baseline
 
@@ -80,8 +76,9 @@ def _key_params(p: dict) -> str:
         parts.append(f"k={p['draft_length']}")
     if p.get("lenience", 1.0) not in (1, 1.0, None):
         parts.append(f"lenience {p['lenience']}")
-    if p.get("maxgram_length"):
-        parts.append(f"Max-Gram length {p['maxgram_length']}")
+    length = p.get("bottom_length", p.get("maxgram_length"))  # records before the rename say maxgram_length
+    if length:
+        parts.append(f"bottom length {length}")
     if p.get("config"):
         parts.append("config " + ",".join(f"{k}={v}" for k, v in sorted(p["config"].items())).replace(" ", ""))
     if p.get("spec_type"):

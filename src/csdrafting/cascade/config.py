@@ -16,6 +16,9 @@ from ..protocol import CSDraftingError
 
 Spelling = Literal["cumulative", "increments"]
 
+# Field names as config files, bench records and server requests spelled them before a rename -> today's.
+LEGACY_FIELDS = {"maxgram_length": "bottom_length"}
+
 
 @dataclass(frozen=True)
 class KMatrix:
@@ -28,7 +31,9 @@ class KMatrix:
         return len(self.cumulative)
 
     @classmethod
-    def parse(cls, rows: Sequence[Sequence[int]] | str, spelling: Spelling = "cumulative") -> "KMatrix":
+    def parse(cls, rows: "KMatrix | Sequence[Sequence[int]] | str", spelling: Spelling = "cumulative") -> "KMatrix":
+        if isinstance(rows, KMatrix):
+            return rows
         if isinstance(rows, str):
             try:
                 rows = json.loads(rows)
@@ -93,8 +98,12 @@ class KMatrix:
         """Cumulative draft length that `reviewer` wants filled once drafter level `drafter` is done."""
         return self.cumulative[reviewer][drafter - 1]
 
+    def rows(self) -> list[list[int]]:
+        """The cumulative rows as JSON lists (what config files and bench records hold)."""
+        return [list(r) for r in self.cumulative]
+
     def to_json(self) -> dict:
-        return {"spelling": "cumulative", "K": [list(r) for r in self.cumulative]}
+        return {"spelling": "cumulative", "K": self.rows()}
 
 
 @dataclass(frozen=True)
@@ -127,9 +136,10 @@ class CascadeConfig:
     """Which K and lenience drive the cascade. `k=None` with no drafters is plain decoding.
 
     lenience >= 1 applies to INTERMEDIATE reviewers only; the target always reviews with lenience 1, so the
-    output stays exactly the target's (cs-drafting.md section 5). `maxgram_length=None` lets the bottom
+    output stays exactly the target's (cs-drafting.md section 5). `bottom_length=None` lets the bottom
     (statistical) drafter fill whatever its quota asks; an integer makes it propose that many tokens per
-    call (the authors used 10 for Max-Gram).
+    call (the authors used 10 for Max-Gram). It was called `maxgram_length` before any other statistical
+    drafter existed; that spelling still loads (`LEGACY_FIELDS`) and still reads.
 
     dynamic=True turns on cost-aware drafting (cascade/planning.py): K becomes a cap, and each level drafts
     only as many tokens as its predicted acceptance pays for, given `costs`: one measured CostCurve per
@@ -138,15 +148,18 @@ class CascadeConfig:
 
     k: KMatrix | None = None
     lenience: float = 1.0
-    maxgram_length: int | None = None
+    bottom_length: int | None = None
     dynamic: bool = False
     costs: tuple | None = None  # tuple[CostCurve | None, ...], one per level
 
     def __post_init__(self) -> None:
         if not (self.lenience >= 1):
             raise CSDraftingError(f"lenience must be >= 1 (got {self.lenience}); 1 is the strict rule")
-        if self.maxgram_length is not None and (isinstance(self.maxgram_length, bool) or self.maxgram_length < 1):
-            raise CSDraftingError(f"maxgram_length must be >= 1 or None (got {self.maxgram_length})")
+        if self.k is not None and not isinstance(self.k, KMatrix):
+            raise CSDraftingError(f"k must be a KMatrix (KMatrix.parse reads rows and spellings), not {type(self.k).__name__}")
+        n = self.bottom_length
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise CSDraftingError(f"bottom_length must be an integer >= 1 or None (got {n!r})")
         if not isinstance(self.dynamic, bool):
             raise CSDraftingError(f"dynamic must be true or false (got {self.dynamic!r})")
 
@@ -156,14 +169,19 @@ class CascadeConfig:
         k: KMatrix | Sequence[Sequence[int]] | str | None = None,
         spelling: Spelling = "cumulative",
         lenience: float = 1.0,
-        maxgram_length: int | None = None,
+        bottom_length: int | None = None,
         dynamic: bool = False,
         costs: Sequence | None = None,
     ) -> "CascadeConfig":
         if k is not None and not isinstance(k, KMatrix):
             k = KMatrix.parse(k, spelling)
-        return cls(k=k, lenience=float(lenience), maxgram_length=maxgram_length, dynamic=dynamic,
+        return cls(k=k, lenience=float(lenience), bottom_length=bottom_length, dynamic=dynamic,
                    costs=tuple(costs) if costs is not None else None)
+
+    @property
+    def maxgram_length(self) -> int | None:
+        """The old name of `bottom_length` (read-only), for code written before the rename."""
+        return self.bottom_length
 
     @staticmethod
     def speculative(k: int) -> "CascadeConfig":

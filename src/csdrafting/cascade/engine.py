@@ -92,7 +92,7 @@ class Cascade:
         self.dynamic = self.config.dynamic and self.bottom > 0  # plain decoding has nothing to plan
         costs = self._check_costs([target, *drafters])
         self.levels: list[Level] = [
-            StatisticalLevel(i, m, self.config.maxgram_length) if isinstance(m, StatisticalDrafter) else ModelLevel(i, m, c)
+            StatisticalLevel(i, m, self.config.bottom_length) if isinstance(m, StatisticalDrafter) else ModelLevel(i, m, c)
             for i, (m, c) in enumerate(zip([target, *drafters], costs))
         ]
         self.eos = frozenset(target.info.eos_token_ids)
@@ -178,7 +178,7 @@ class Cascade:
             "models": [lv.metrics.name for lv in self.levels],
             "K": self.config.k.to_json() if self.config.k else None,
             "lenience": self.config.lenience,
-            "maxgram_length": self.config.maxgram_length,
+            "maxgram_length": self.config.bottom_length,
             "dynamic": self.config.dynamic,
         }
 

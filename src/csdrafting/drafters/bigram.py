@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_path
 from ..protocol import CSDraftingError
 
 
@@ -67,12 +68,8 @@ class BigramTable:
         return cls.from_sequences((encode(t) for t in texts), vocab_size, meta)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, successor=self.successor, meta=np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8))
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "BigramTable":

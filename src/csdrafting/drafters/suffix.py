@@ -40,10 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..files import atomic_write, read_json
 from ..protocol import CSDraftingError
+from ..sequences import common_prefix
 from .base import Proposal, StatisticalDrafter
 from .bigram import BigramTable
-from ..sequences import common_prefix
 
 REQUEST, STORE, BIGRAM = "req", "store", "bigram"
 
@@ -233,21 +234,12 @@ class Calibration:
         return cls({str(k): [int(v[0]), int(v[1])] for k, v in d["counts"].items()}, dict(d.get("meta", {})))
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        atomic_write(path, json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
-        path = Path(path)
-        if not path.is_file():
-            raise CSDraftingError(f"calibration file {path} does not exist; make one with `csdrafting calibrate --out {path}` (or `csdrafting tune`)")
-        try:
-            return cls.from_json(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise CSDraftingError(f"calibration file {path} is not valid JSON: {exc}") from None
+        return cls.from_json(read_json(path, "calibration file",
+                                       f"make one with `csdrafting calibrate --out {path}` (or `csdrafting tune`)"))
 
 
 class SuffixDrafter(StatisticalDrafter):

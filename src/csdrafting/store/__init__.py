@@ -11,7 +11,7 @@ else ``~/.cache/csdrafting``), never inside the repository.
 
 from .cli import cli_models
 from .errors import ModelStoreWarning, StoreError
-from .hf import ensure_hf_weights, hf_weights_path
+from .checkpoints import ensure_hf_weights, hf_weights_path
 from .integrity import sha256_file
 from .models import CachedModel, cache_status, ensure_model, model_path
 from .paths import cache_dir

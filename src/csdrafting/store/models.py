@@ -15,7 +15,8 @@ from . import assemble as _assemble
 from . import integrity, tiers
 from . import wheels as _wheels
 from .errors import ModelStoreWarning, StoreError
-from .integrity import manifest_path, partial_path, read_json, remove_quietly, stamp_path
+from ..files import partial_path
+from .integrity import manifest_path, read_json, remove_quietly, stamp_path
 from .paths import locks_dir, models_dir
 from .registry import BASE_TIER, TIERS, ModelSpec, get_spec, list_models, normalize_tier
 

@@ -9,7 +9,6 @@ proposal is a sample of "was the proposal in this feature bucket accepted" (draf
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -17,8 +16,11 @@ from pathlib import Path
 from typing import Sequence
 
 from ..cascade.engine import Cascade
-from ..drafters.suffix import Calibration, SuffixDrafter, default_calibration_path
+from ..drafters import registry
+from ..drafters.suffix import Calibration, SuffixDrafter
 from ..protocol import CSDraftingError, LanguageModel
+
+DRAFTER = "suffix"  # the drafter whose confidence table this measures (SuffixDrafter.calibrate)
 
 
 def reference_texts(target: LanguageModel, prompts: Sequence[list[int]], max_new: int, progress: bool = True,
@@ -115,61 +117,32 @@ def tree_headroom(texts: Sequence[tuple[Sequence[int], Sequence[int]]], max_ngra
     return res
 
 
-def report(cal: Calibration, out=sys.stdout) -> None:
-    """Acceptance per source and dataset, then per bucket."""
-    def by_source(counts: dict) -> dict[str, tuple[int, int]]:
-        agg: dict[str, list[int]] = {}
-        for k, (a, t) in counts.items():
-            s = agg.setdefault(k.split(":", 1)[0], [0, 0])
-            s[0] += a
-            s[1] += t
-        return {k: (a, t) for k, (a, t) in agg.items()}
+def default_store() -> bool:
+    """Whether the built-in default cascade runs the drafter with its cross-request store."""
+    from ..spec import DEFAULT_SPEC
 
-    for ds, counts in cal.meta.get("per_dataset", {"all": cal.counts}).items():
-        parts = [f"{src} {a}/{t} = {a / t:.0%}" for src, (a, t) in sorted(by_source(counts).items()) if t]
-        print(f"{ds:>10}: " + "; ".join(parts), file=out)
-    print(f"{'bucket':<18} {'accepted':>8} {'proposed':>8} {'rate':>6}", file=out)
-    for k, a, t, r in cal.table():
-        print(f"{k:<18} {a:>8} {t:>8} {r:>6.2f}", file=out)
+    return registry.get(DRAFTER).resolve(DEFAULT_SPEC.settings_of(DRAFTER))["persist"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..spec import DEFAULT_SPEC, load_model
-    from .cli import _load_prompts
+def calibrate_drafter(target_ref: str, datasets: Sequence[str], n_prompts: int, max_new: int, store: bool,
+                      texts: Path | None, out: str | Path | None = None, **placement) -> Calibration:
+    """`csdrafting calibrate` as a call: the drafter calibrated (and saved to `out`) on `n_prompts`
+    calibration-split prompts per dataset, built as the built-in cascade builds it (bigram fallback,
+    context length, min-hits), with or without its store; `placement` as a spec's (backend, threads, ...)."""
+    from ..spec import DEFAULT_SPEC, CascadeSpec, load_model
+    from .inputs import load_prompts
 
-    ap = argparse.ArgumentParser(prog="csdrafting calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", default=DEFAULT_SPEC.target, help="target model ref (default: the built-in default's)")
-    ap.add_argument("--datasets", default="humaneval,mmlu,mtbench")
-    ap.add_argument("--prompts", type=int, default=8, help="calibration-split prompts per dataset")
-    ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--n-ctx", type=int, default=4096)
-    ap.add_argument("--out", default=str(default_calibration_path()))
-    ap.add_argument("--texts", default="runs/calibration-texts.jsonl",
-                    help="JSONL cache of the target's outputs (resume; reuse across runs)")
-    ap.add_argument("--store", action=argparse.BooleanOptionalAction, default=DEFAULT_SPEC.suffix_persist,
-                    help="calibrate with the cross-request store, each dataset's texts walked in order as a server "
-                         "meets them (the packaged calibration was made with it, so that --suffix-persist finds "
-                         "its buckets measured; default: as the built-in default runs)")
-    args = ap.parse_args(argv)
-    if args.prompts <= 0 or args.max_new_tokens <= 0:
+    if n_prompts <= 0 or max_new <= 0:
         raise CSDraftingError("--prompts and --max-new-tokens must be positive")
-    target = load_model(args.target, "llamacpp", args.threads, args.n_ctx)
-    prompts = {ds: [ids for _, ids in _load_prompts(target, ds, args.prompts, "calibration", args.n_ctx, args.max_new_tokens)]
-               for ds in args.datasets.split(",") if ds}
-    from dataclasses import replace
-
-    from ..spec import SUFFIX, statistical_drafter
-
-    # calibrate the drafter as the built-in cascade builds it (bigram fallback, context length, min-hits),
-    # with or without the store
-    spec = replace(DEFAULT_SPEC, target=args.target, suffix_calibration=None, suffix_persist=args.store)
-    cal = calibrate(target, prompts, args.max_new_tokens,
-                    make_drafter=lambda: statistical_drafter(spec, SUFFIX, target.info.vocab_size),
-                    cache=Path(args.texts))
-    cal.meta["store"] = args.store
-    cal.save(args.out)
-    report(cal)
-    print(f"tree headroom (two-way tree at the first position): {cal.meta['tree_headroom']}")
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+    spec = CascadeSpec(target=target_ref, **placement)
+    spec.validate_placement()
+    target = load_model(target_ref, spec.backend, spec.threads, spec.n_ctx, **spec.placement(target_ref))
+    prompts = {ds: [ids for _, ids in load_prompts(target, ds, n_prompts, "calibration", spec.n_ctx, max_new)]
+               for ds in datasets}
+    settings = {**DEFAULT_SPEC.settings_of(DRAFTER), "calibration": None, "persist": store}
+    cal = calibrate(target, prompts, max_new, make_drafter=lambda: registry.build(DRAFTER, settings, target.info.vocab_size),
+                    cache=texts)
+    cal.meta["store"] = store
+    if out is not None:
+        cal.save(out)
+    return cal

@@ -17,11 +17,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..drafters.maxgram import MaxGram
+from ..cascade.planning import DEFAULT_GRID, CostCurve, measure_cost_curve  # noqa: F401  (re-exported for the tuner)
+from ..drafters.base import StatisticalDrafter
 from ..protocol import LanguageModel
-from ..cascade.planning import DEFAULT_GRID, measure_cost_curve  # noqa: F401  (re-exported for the tuner)
-from .model import CostCurve
-
 
 
 def time_prefill(model: LanguageModel, prompt: Sequence[int]) -> tuple[np.ndarray, float]:
@@ -72,8 +70,10 @@ def fit_prefill(samples: Iterable[tuple[int, float]]) -> tuple[float, float]:
     return (a, b)
 
 
-def measure_maxgram_cost(maxgram: MaxGram, texts: Sequence[Sequence[int]], grid: Sequence[int] = DEFAULT_GRID, reps: int = 3) -> CostCurve:
-    """Seconds of one Max-Gram proposal of n tokens (index already synced, as in a running generation)."""
+def measure_proposal_cost(drafter: StatisticalDrafter, texts: Sequence[Sequence[int]], grid: Sequence[int] = DEFAULT_GRID,
+                          reps: int = 3) -> CostCurve:
+    """Seconds of one proposal of n tokens by a statistical drafter whose index already holds the text (as in
+    a running generation, where it follows the text a token at a time)."""
     grid = sorted(set(int(n) for n in grid))
     samples: dict[int, list[float]] = {n: [] for n in grid}
     for seq in texts:
@@ -81,11 +81,11 @@ def measure_maxgram_cost(maxgram: MaxGram, texts: Sequence[Sequence[int]], grid:
             ctx = list(seq[:cut])
             if not ctx:
                 continue
-            maxgram.sync(ctx)
+            drafter.propose(ctx, 1)  # catches its index up with the text, untimed
             for _ in range(reps):
                 for n in grid:
                     t0 = time.perf_counter()
-                    maxgram.propose(ctx, n)
+                    drafter.propose(ctx, n)
                     samples[n].append(time.perf_counter() - t0)
     if not any(samples.values()):
         return CostCurve.constant(0.0)

@@ -1,6 +1,6 @@
 """Deciding between cascades by measuring them: the last stage of `csdrafting tune`.
 
-The analytic model and the replay (model.py, replay.py) rank STATIC configurations. Cost-aware dynamic
+The analytic model and the replay (speed.py, replay.py) rank STATIC configurations. Cost-aware dynamic
 drafting decides its draft lengths at run time from confidences and measured costs, which those models do
 not describe; so the tuner builds a few dynamic candidates from what it measured (cost curves, the suffix
 drafter calibrated on the same calibration text) and races them, the best static configuration and plain
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 from ..cascade.engine import Cascade
@@ -57,3 +58,67 @@ def race(target: LanguageModel, entries: Sequence[Entry], prompts: Sequence[list
             bar.update(1)
     bar.close()
     return plain
+
+
+# the statistical drafter the cost-aware candidates use: it says how likely each proposal is accepted
+CONFIDENT = "suffix"
+
+
+def race_dynamic(static_spec, target: LanguageModel, neural: dict, res, prompts, max_new: int,
+                 out: Path, progress: bool = True) -> tuple[object, list[dict]]:
+    """Race the best static config against cost-aware candidates built from the tuner's measurements.
+
+    The candidates: the confident drafter alone, and each neural drafter then it (horizontal) or reviewing
+    it (vertical), all with the measured cost curves and the confident drafter calibrated on the same
+    calibration text (written beside `out` as <stem>.suffix.json). Returns the winner's spec (its note says
+    what it measured) and one row per candidate.
+    """
+    from ..cascade.config import KMatrix
+    from ..drafters import registry
+
+    cal = res.calibration
+    # calibrated as the race runs it (bigram fallback, store), else its sources would go unmeasured
+    settings = registry.get(CONFIDENT).resolve(static_spec.settings_of(CONFIDENT))
+    measured_as = registry.build(CONFIDENT, {**settings, "calibration": None}, target.info.vocab_size)
+    confidences = measured_as.calibrate([(tr.prompt, tr.tokens) for tr in cal.traces],
+                                        meta={"target": static_spec.target, "source": "csdrafting tune calibration traces",
+                                              "store": settings["persist"]})
+    cal_path = out.with_name(out.stem + f".{CONFIDENT}.json")
+    confidences.save(cal_path)
+
+    def calibrated(spec, path):
+        mine = {**spec.settings_of(CONFIDENT), "calibration": str(path)}
+        return replace(spec, drafter_settings={**spec.drafter_settings, CONFIDENT: mine})
+
+    costs = {ref: res.measurements.costs[ref].to_json() for ref in [static_spec.target, *neural] if ref in res.measurements.costs}
+    base = replace(calibrated(static_spec, cal_path.name), dynamic=True, costs=costs, lenience=1.0, bottom_length=None,
+                   note="")
+    candidates = [replace(base, drafters=[CONFIDENT], k=KMatrix.parse([[16]]))]
+    for ref in neural:  # D, then the confident drafter (horizontal); D reviewing it (vertical)
+        candidates.append(replace(base, drafters=[ref, CONFIDENT], k=KMatrix.parse([[12, 28], [0, 0]])))
+        candidates.append(replace(base, drafters=[ref, CONFIDENT], k=KMatrix.parse([[12, 12], [0, 8]])))
+
+    def engine(spec):
+        return lambda: spec_cascade(calibrated(spec, cal_path), target, neural)
+
+    entries = [Entry(f"static best: {static_spec.describe()}", engine(static_spec), static_spec)]
+    entries += [Entry(c.describe(), engine(c), c) for c in candidates]
+    plain = race(target, entries, [p for _, p in prompts], max_new, progress=progress)
+    table = []
+    for e in entries:
+        same = sum(o == p for o, p in zip(e.outputs, plain.outputs))
+        table.append({"config": e.label, "median_speedup": e.median_speedup(plain),
+                      "tokens_per_second": sum(e.tokens) / sum(e.seconds), "identical_to_plain": f"{same}/{len(prompts)}",
+                      "spec": e.spec.to_json()})
+    best = max(entries, key=lambda e: e.median_speedup(plain))
+    best.spec.note = f"raced best, measured {best.median_speedup(plain):.2f}x plain decoding"
+    return best.spec, table
+
+
+def spec_cascade(spec, target: LanguageModel, neural: dict, given: dict | None = None) -> Cascade:
+    """The cascade a spec describes over models already loaded: statistical drafters built as the spec
+    configures them (those in `given` reused), cost curves from the spec, else measured now."""
+    from ..spec import cost_curves, drafter_objects
+
+    drafters = drafter_objects(spec.drafters, spec.drafter_settings, target.info.vocab_size, neural, given)
+    return Cascade(target, drafters, spec.cascade_config(cost_curves(spec, [target, *drafters], progress=False)))

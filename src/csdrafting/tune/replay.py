@@ -1,16 +1,16 @@
 """Trace replay: run a configuration's cascade along the recorded calibration text, without any model.
 
-The analytic model (model.py) assumes acceptance is independent across positions and levels given the
+The analytic model (speed.py) assumes acceptance is independent across positions and levels given the
 profiles. Real acceptance is not: disagreements cluster (a draft that starts right after a correction
 is more often wrong than an average position), and when a small drafter agrees with a larger one both
 are usually right. Replaying the engine's recursion on the traces keeps all of that wherever it is
-known: along the target's path every model's greedy token is recorded (acceptance.Trace), and so is
-every Max-Gram proposal. Only where a draft has left the target's path (everything there will be
+known: along the target's path every model's greedy token is recorded (acceptance_stats.Trace), and so
+is every proposal of each statistical drafter. Only where a draft has left the target's path (everything there will be
 rejected by the target, but it still costs passes below) are model predictions unknown; there an
 intermediate review accepts with the measured profile, drawn from a seeded generator.
 
 Costs are charged exactly as the model charges them (a review of L tokens = cost(L + 1), a neural bottom
-= L single-token passes, Max-Gram = its proposal cost), plus each model's prompt prefill, so the two
+= L single-token passes, a statistical drafter = its proposal cost), plus each model's prompt prefill, so the two
 predictions differ only in how acceptance is treated.
 """
 
@@ -20,8 +20,9 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from .acceptance import Trace
-from .model import MAXGRAM, Config, Measurements
+from ..drafters.registry import is_statistical
+from .acceptance_stats import Trace
+from .speed import Config, Measurements
 
 
 class _Table:
@@ -105,8 +106,8 @@ class _Replay:
                 at = pos + len(draft)
                 if j == self.bottom:
                     n = quota - len(draft)
-                    if self.names[j] == MAXGRAM and self.cfg.maxgram_length:
-                        n = self.cfg.maxgram_length
+                    if self.cfg.statistical_bottom and self.cfg.bottom_length:
+                        n = self.cfg.bottom_length
                     got = self.propose(j, at, n, draft_on)
                 else:
                     got = self.step(j, at, draft_on)
@@ -122,9 +123,10 @@ class _Replay:
 
     def propose(self, j: int, pos: int, n: int, on_path: bool) -> list[_Tok]:
         name = self.names[j]
-        if name == MAXGRAM:
+        if is_statistical(name):
             self.charge(name, self.costs[name](n))
-            prop = self.tr.maxgram[pos] if on_path and pos < self.n and self.tr.maxgram else []
+            recorded = self.tr.proposals.get(name)
+            prop = recorded[pos] if on_path and pos < self.n and recorded else []
             out, on = [], on_path
             for i in range(n):
                 tok = prop[i] if on and i < len(prop) else None
@@ -191,6 +193,6 @@ def replay(config: Config, meas: Measurements, traces: Sequence[Trace], seed: in
         seconds += rp.seconds
         for k, v in rp.passes.items():
             passes[k] = passes.get(k, 0.0) + v
-        pre += sum(meas.cost(n).prefill_seconds(len(tr.prompt)) for n in names if n != MAXGRAM)
+        pre += sum(meas.cost(n).prefill_seconds(len(tr.prompt)) for n in names if not is_statistical(n))
     return ReplayResult(tokens, steps, seconds, pre, passes)
 

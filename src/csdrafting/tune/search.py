@@ -1,13 +1,14 @@
 """Search the configuration space for the best predicted speed.
 
 The space: every ordered chain of the candidate neural drafters (any subset, any order, up to
-`max_neural`), each with or without Max-Gram at the bottom; for each chain, K as increments on a bounded
-grid (`k_grid`, cumulative quota at most `max_quota`) and, with Max-Gram, its proposal length. Lenience
+`max_neural`), each with or without one of the statistical candidates at the bottom; for each chain, K as
+increments on a bounded grid (`k_grid`, cumulative quota at most `max_quota`) and, with a statistical
+bottom, its proposal length (`bottom_lengths`). Lenience
 is 1 (the measured acceptance is that of the strict rule).
 
-Stage 1, the analytic model (model.py, microseconds to milliseconds per configuration): chains of one
+Stage 1, the analytic model (speed.py, microseconds to milliseconds per configuration): chains of one
 drafter are searched exhaustively; longer chains by coordinate ascent over the K increments and the
-Max-Gram length from several starting points (a pure vertical cascade, the best speculative k on top, a
+bottom length from several starting points (a pure vertical cascade, the best speculative k on top, a
 horizontal split), a sweep at a time until no single entry improves.
 Stage 2, with calibration traces: the `shortlist` best configurations of every chain are replayed on the
 traces (replay.py: exact acceptance along the recorded text), the best refined by a few sweeps of local
@@ -21,27 +22,28 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from ..drafters.registry import is_statistical
 from ..protocol import CSDraftingError
-from .acceptance import Trace
-from .model import MAXGRAM, CascadeModel, Config, Measurements, Prediction
+from .acceptance_stats import Trace
 from .replay import ReplayResult, replay
+from .speed import CascadeModel, Config, Measurements, Prediction
 
 DEFAULT_K_GRID = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24)
-DEFAULT_MAXGRAM_LENGTHS = (None, 1, 2, 3, 4, 6, 8, 10, 12, 16)
+DEFAULT_BOTTOM_LENGTHS = (None, 1, 2, 3, 4, 6, 8, 10, 12, 16)
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    candidates: tuple[str, ...]  # neural drafter names and/or MAXGRAM
+    candidates: tuple[str, ...]  # neural drafter names and/or registered statistical drafters
     max_neural: int = 3  # at most this many neural drafters in a chain
     k_grid: tuple[int, ...] = DEFAULT_K_GRID
     max_quota: int = 48  # cumulative draft length any reviewer may ask for
-    maxgram_lengths: tuple[int | None, ...] = DEFAULT_MAXGRAM_LENGTHS
+    bottom_lengths: tuple[int | None, ...] = DEFAULT_BOTTOM_LENGTHS
     include_plain: bool = True
 
     def chains(self) -> list[tuple[str, ...]]:
-        neural = [c for c in self.candidates if c != MAXGRAM]
-        bottoms = [(), (MAXGRAM,)] if MAXGRAM in self.candidates else [()]
+        neural = [c for c in self.candidates if not is_statistical(c)]
+        bottoms = [()] + [(c,) for c in self.candidates if is_statistical(c)]
         out = [()] if self.include_plain else []
         for size in range(0, min(self.max_neural, len(neural)) + 1):
             for chain in itertools.permutations(neural, size):
@@ -145,20 +147,20 @@ def _near(grid: Sequence, v, width: int | None) -> Sequence:
     return grid[max(0, i - width): i + width + 1]
 
 
-def _ascend(obj, chain: tuple[str, ...], start: list[list[int]], mg: int | None, space: SearchSpace, sweeps: int = 20,
+def _ascend(obj, chain: tuple[str, ...], start: list[list[int]], length: int | None, space: SearchSpace, sweeps: int = 20,
             width: int | None = None) -> Ranked:
-    """Coordinate ascent over the increments (and Max-Gram length) from one starting point.
+    """Coordinate ascent over the increments (and the bottom length) from one starting point.
 
     `width` limits each move to that many grid steps either way (local refinement of a costly objective).
     """
     m = len(chain)
     inc = [list(r) for r in start]
-    has_mg = chain[-1] == MAXGRAM
+    has_bottom = is_statistical(chain[-1])
 
     def make(i, g):
-        return Config(chain, _cumulative(i), g if has_mg else None)
+        return Config(chain, _cumulative(i), g if has_bottom else None)
 
-    best = obj(make(inc, mg))
+    best = obj(make(inc, length))
     for _ in range(sweeps):
         improved = False
         for r in range(m):
@@ -170,15 +172,15 @@ def _ascend(obj, chain: tuple[str, ...], start: list[list[int]], mg: int | None,
                     trial[r][c] = v
                     if not _valid(trial, space.max_quota):
                         continue
-                    cand = obj(make(trial, mg))
+                    cand = obj(make(trial, length))
                     if cand.score > best.score * (1 + 1e-9):
                         best, inc, improved = cand, trial, True
-        if has_mg:
-            for g in _near(space.maxgram_lengths, mg, width):
-                if g != mg:
+        if has_bottom:
+            for g in _near(space.bottom_lengths, length, width):
+                if g != length:
                     cand = obj(make(inc, g))
                     if cand.score > best.score * (1 + 1e-9):
-                        best, mg, improved = cand, g, True
+                        best, length, improved = cand, g, True
         if not improved:
             break
     return best
@@ -227,7 +229,7 @@ def search(
     (`refine_sweeps` sweeps), and everything is ranked by the replay.
     """
     for c in space.candidates:
-        if c != MAXGRAM and c not in meas.costs:
+        if not is_statistical(c) and c not in meas.costs:
             raise CSDraftingError(f"candidate drafter {c!r} has no measurements")
     model = CascadeModel(meas, max_draft=2 * space.max_quota + 8)
     obj = _Objective(model, workload)
@@ -240,13 +242,13 @@ def search(
             continue
         if len(chain) == 1:
             ks = range(1, space.max_quota + 1)
-            mgs = space.maxgram_lengths if chain[0] == MAXGRAM else (None,)
-            cands = [obj(Config(chain, ((k,),), g)) for k in ks for g in mgs]
+            lengths = space.bottom_lengths if is_statistical(chain[0]) else (None,)
+            cands = [obj(Config(chain, ((k,),), g)) for k in ks for g in lengths]
             best = max(cands, key=lambda r: r.score)
         else:
             first = chain[0]
             top_k = 4
-            if first != MAXGRAM:
+            if not is_statistical(first):
                 top_k = max(range(1, 17), key=lambda k: obj(Config((first,), ((k,),))).score)
             results = [_ascend(obj, chain, s, None, space) for s in _starts(chain, space, top_k)]
             best = max(results, key=lambda r: r.score)
@@ -255,13 +257,13 @@ def search(
             replayed = [rob(r.config) for r in mine[:shortlist]]
             best = max(replayed, key=lambda r: r.score)
             if refine_sweeps and len(chain) > 1:
-                best = _ascend(rob, chain, _increments(best.config), best.config.maxgram_length, space, refine_sweeps, width=2)
+                best = _ascend(rob, chain, _increments(best.config), best.config.bottom_length, space, refine_sweeps, width=2)
             elif refine_sweeps:  # one drafter: replay every k near the analytic optimum
                 k0 = best.config.k[0][0]
-                mgs = space.maxgram_lengths if chain[0] == MAXGRAM else (None,)
-                g0 = best.config.maxgram_length
+                lengths = space.bottom_lengths if is_statistical(chain[0]) else (None,)
+                g0 = best.config.bottom_length
                 near = [rob(Config(chain, ((k,),), g)) for k in range(max(1, k0 - 4), min(space.max_quota, k0 + 4) + 1)
-                        for g in _near(mgs, g0, 2)]
+                        for g in _near(lengths, g0, 2)]
                 best = max(near + [best], key=lambda r: r.score)
         best_per_chain[chain] = best
     pool = rob.seen if rob is not None else obj.seen

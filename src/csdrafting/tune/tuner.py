@@ -1,7 +1,8 @@
 """The tuning pipeline on live models: calibrate (acceptance, cost curves), search, and check the model.
 
 Works on any `LanguageModel`s (real llama.cpp models from the CLI, synthetic ones in tests); names are
-the references the spec will carry (e.g. "qwen2.5-coder-0.5b:Q4_K_M") and "maxgram".
+the references the spec will carry (e.g. "qwen2.5-coder-0.5b:Q4_K_M"), and statistical candidates are
+registered drafters (drafters/registry.py) by name.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from typing import Mapping, Sequence
 
 from ..cascade.config import CascadeConfig
 from ..cascade.engine import Cascade
-from ..drafters.maxgram import MaxGram
+from ..drafters import registry
+from ..drafters.base import StatisticalDrafter
 from ..protocol import CSDraftingError, LanguageModel
-from .acceptance import Trace, agreement, estimate_profiles, maxgram_by_match_length, record_traces
-from .costs import DEFAULT_GRID, fit_prefill, measure_cost_curve, measure_maxgram_cost, measure_prefill
-from .model import MAXGRAM, CascadeModel, Config, Measurements
+from .acceptance_stats import Trace, agreement, by_match_length, estimate_profiles, record_traces
+from .costs import DEFAULT_GRID, fit_prefill, measure_cost_curve, measure_prefill, measure_proposal_cost
 from .replay import replay as replay_traces
 from .search import SearchResult, SearchSpace, search
+from .speed import CascadeModel, Config, Measurements
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -42,12 +44,14 @@ class Calibration:
     seconds: float = 0.0
 
 
-def helper_config(neural: Mapping[str, LanguageModel]) -> tuple[Config, list]:
-    """A cheap exact cascade to generate the target's greedy text: the smallest neural drafter + Max-Gram."""
-    if neural:
-        name = min(neural, key=lambda n: neural[n].info.n_params)
-        return Config((name, MAXGRAM), ((4, 12), (0, 8))), [neural[name]]
-    return Config((MAXGRAM,), ((8,),)), []
+def helper_config(neural: Mapping[str, LanguageModel], statistical: Mapping[str, StatisticalDrafter]) -> tuple[Config, list]:
+    """A cheap exact cascade to generate the target's greedy text: the smallest neural drafter over the first
+    statistical candidate (either alone when the other is missing; plain decoding with neither)."""
+    small = [min(neural, key=lambda n: neural[n].info.n_params)] if neural else []
+    bottom = list(statistical)[:1]
+    chain = tuple(small + bottom)
+    k = {2: ((4, 12), (0, 8)), 1: ((8,),) if bottom else ((4,),), 0: None}[len(chain)]
+    return Config(chain, k), [neural[n] for n in small] + [statistical[n] for n in bottom]
 
 
 def calibrate(
@@ -56,20 +60,22 @@ def calibrate(
     neural: Mapping[str, LanguageModel],
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
-    maxgram: MaxGram | None = None,
+    statistical: Mapping[str, StatisticalDrafter] | None = None,
     reps: int = 3,
     grid: Sequence[int] = DEFAULT_GRID,
     progress: bool = True,
 ) -> Calibration:
-    """Measure everything the model needs on `prompts` (use the CALIBRATION split: never the eval prompts)."""
+    """Measure everything the model needs on `prompts` (use the CALIBRATION split: never the eval prompts).
+
+    `statistical` maps each statistical candidate's registry name to a drafter built for this target."""
     t_start = time.perf_counter()
     if not prompts:
         raise CSDraftingError("calibration needs at least one prompt")
-    if target_name in neural or target_name == MAXGRAM:
+    statistical = dict(statistical or {})
+    if target_name in neural or target_name in statistical:
         raise CSDraftingError(f"{target_name!r} is both the target and a candidate drafter; drop it from the drafters")
-    maxgram = maxgram if maxgram is not None else MaxGram()
-    helper, helper_models = helper_config(neural)
-    engine = Cascade(target, helper_models + [maxgram], CascadeConfig.make([list(r) for r in helper.k]))
+    helper, helper_drafters = helper_config(neural, statistical)
+    engine = Cascade(target, helper_drafters, CascadeConfig.make([list(r) for r in helper.k]) if helper.k else None)
     helper_time, helper_steps = 0.0, 0
 
     def generate(prompt: list[int]) -> tuple[list[int], float]:
@@ -89,7 +95,7 @@ def calibrate(
     # 1. reference text and teacher-forced predictions
     with _bar(len(prompts) * (1 + len(neural)), "calibration: target text, drafter predictions", progress) as bar:
         traces, prefill = record_traces(
-            target, neural, prompts, max_new_tokens, generate, maxgram, target_name=target_name,
+            target, neural, prompts, max_new_tokens, generate, statistical, target_name=target_name,
             tick=(lambda _: bar.update(1)) if bar is not None else None,
         )
     workload = [(len(tr.prompt), len(tr.tokens)) for tr in traces]
@@ -110,16 +116,17 @@ def calibrate(
             points[name] = measure_prefill(model, prompt_text, sizes, reps, tick)
             costs[name] = measure_cost_curve(model, context, filler, grid, reps, fit_prefill(points[name]), tick=tick)
             model.rollback(0)
-    costs[MAXGRAM] = measure_maxgram_cost(MaxGram(maxgram.bigram), [tr.prompt + tr.tokens for tr in traces[:2]], grid, reps=2)
+    for name, drafter in statistical.items():
+        costs[name] = measure_proposal_cost(drafter, [tr.prompt + tr.tokens for tr in traces[:2]], grid, reps=2)
 
     # 3. acceptance profiles for every ordered pair
     names = [target_name, *neural]
-    profiles, pstats, restart = estimate_profiles(traces, names, [*neural, MAXGRAM], restart_for=target_name)
+    profiles, pstats, restart = estimate_profiles(traces, names, [*neural, *statistical], restart_for=target_name)
     meas = Measurements(target_name, costs, profiles, restart=restart)
     stats = {
         "profiles": pstats,
         "agreement_with_target": {n: agreement(traces, target_name, n) for n in neural},
-        "maxgram_by_match_length": maxgram_by_match_length(traces, target_name),
+        "by_match_length": {n: by_match_length(traces, target_name, n) for n in statistical},
         "prefill_medians": {k: [list(x) for x in v] for k, v in points.items()},
         "prefill_samples_teacher_forced": {k: [list(x) for x in v] for k, v in prefill.items()},
     }
@@ -160,13 +167,18 @@ def tune(
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     candidates: Sequence[str],
-    maxgram: MaxGram | None = None,
+    statistical: Mapping[str, StatisticalDrafter] | None = None,
     reps: int = 3,
     max_quota: int = 48,
     progress: bool = True,
     replay: bool = True,
 ) -> TuneResult:
-    cal = calibrate(target, target_name, neural, prompts, max_new_tokens, maxgram, reps, progress=progress)
+    """Calibrate, then search. Statistical candidates not in `statistical` are built from the registry with
+    their default settings."""
+    vocab = target.info.vocab_size
+    statistical = {c: (statistical or {}).get(c) or registry.build(c, None, vocab)
+                   for c in candidates if registry.is_statistical(c)}
+    cal = calibrate(target, target_name, neural, prompts, max_new_tokens, statistical, reps, progress=progress)
     space = SearchSpace(tuple(candidates), max_quota=max_quota)
     chains = space.chains()
     with _bar(len(chains), "search", progress) as bar:
@@ -182,16 +194,16 @@ def tune(
 
 def to_spec(config: Config, target: str, backend: str = "llamacpp", threads: int = 2, n_ctx: int = 4096, note: str = "",
             device: str = "cpu", dtype: str = "float32", n_gpu_layers: int = 0):
-    """The cascade config file for `config` (K in the paper's cumulative spelling, lenience 1), placed as tuned."""
+    """The cascade config file for `config` (lenience 1), placed as tuned."""
+    from ..cascade.config import KMatrix
     from ..spec import CascadeSpec
 
     spec = CascadeSpec(
         target=target,
         drafters=list(config.drafters),
-        k=[list(r) for r in config.k] if config.k else None,
-        k_spelling="cumulative",
+        k=KMatrix.parse(config.k) if config.k else None,
         lenience=1.0,
-        maxgram_length=config.maxgram_length if MAXGRAM in config.drafters else None,
+        bottom_length=config.bottom_length if config.statistical_bottom else None,
         backend=backend,
         threads=threads,
         n_ctx=n_ctx,

@@ -1,6 +1,6 @@
 """An EWIF-style model of a cascade's speed, driven by MEASURED cost curves (cs-drafting.md section 6).
 
-What it computes, for one configuration (target, drafters largest first, cumulative K, Max-Gram length):
+What it computes, for one configuration (target, drafters largest first, cumulative K, bottom length):
 the expected number of tokens one target step emits, E[T_0], and the expected seconds it takes, E[S_0];
 the steady decoding rate is E[T_0] / E[S_0] (renewal-reward: the ratio of expectations is the long-run rate).
 
@@ -8,14 +8,15 @@ How a step is modelled, mirroring `Cascade._step` exactly:
 - Reviewer r fills its draft level by level, j = r+1 .. bottom, each up to its cumulative quota K[r][j].
   A neural drafter j above the bottom fills by running its own step, which emits T_j = A_j + 1 tokens
   (A_j = how many of ITS draft it accepted); the bottom proposes the rest of the quota in one call (a
-  neural bottom autoregressively, one forward pass per token; Max-Gram at no model cost, or in calls of
-  `maxgram_length` tokens). A sub-step may overshoot the quota; the next level then adds nothing.
+  neural bottom autoregressively, one forward pass per token; a statistical bottom (drafters/registry.py:
+  Max-Gram, the suffix drafter, ...) at its measured proposal cost, in calls of `bottom_length` tokens
+  when set). A sub-step may overshoot the quota; the next level then adds nothing.
 - Then r reviews the draft of length L in ONE forward pass over L + 1 new tokens (the token before the
   draft, which r has not seen yet, plus the draft), costing `cost_r(L + 1)`.
 - With lenience 1 every token a neural level emits is that level's own greedy token, so whether reviewer
   r accepts position i depends only on which level produced it: r accepts it with the conditional
   probability `alpha[r, src](idx)` (given the positions before it were accepted), idx counting from the
-  start of that source's run in the draft (for Max-Gram, from the start of each proposal).
+  start of that source's run in the draft (for a statistical drafter, from the start of each proposal).
 
 Assumptions, stated once: acceptance at different levels is independent given the draft's composition,
 and the T_j of successive sub-steps are independent and identically distributed. Then a dynamic program
@@ -46,9 +47,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..cascade.planning import CostCurve
+from ..drafters.registry import is_statistical
 from ..protocol import CSDraftingError
-
-MAXGRAM = "maxgram"
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -89,7 +89,8 @@ class Profile:
 
 @dataclass
 class Measurements:
-    """Everything the model needs: one cost curve per model (and 'maxgram'), one profile per pair."""
+    """Everything the model needs: one cost curve per model (and per statistical drafter: the seconds of one
+    proposal of n tokens), one profile per (reviewer, drafter) pair."""
 
     target: str
     costs: dict[str, CostCurve]
@@ -101,7 +102,7 @@ class Measurements:
 
     def cost(self, name: str) -> CostCurve:
         if name not in self.costs:
-            if name == MAXGRAM:
+            if is_statistical(name):
                 return CostCurve.constant(0.0)  # the paper's accounting; measured when available
             raise CSDraftingError(f"no cost curve measured for {name!r}; measured: {sorted(self.costs)}")
         return self.costs[name]
@@ -149,13 +150,14 @@ class Config:
 
     drafters: tuple[str, ...] = ()
     k: tuple[tuple[int, ...], ...] | None = None
-    maxgram_length: int | None = None
+    bottom_length: int | None = None  # tokens per call of a statistical bottom (None: what its quota asks)
     calls: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         m = len(self.drafters)
-        if MAXGRAM in self.drafters[:-1]:
-            raise CSDraftingError("maxgram can only be the last drafter")
+        for name in self.drafters[:-1]:
+            if is_statistical(name):
+                raise CSDraftingError(f"{name} can only be the last drafter")
         if m == 0:
             if self.k is not None:
                 raise CSDraftingError("K was given but there are no drafters")
@@ -164,15 +166,19 @@ class Config:
             raise CSDraftingError(f"{m} drafter(s) need an {m}x{m} K")
 
     @property
+    def statistical_bottom(self) -> bool:
+        return bool(self.drafters) and is_statistical(self.drafters[-1])
+
+    @property
     def key(self) -> tuple:
-        return (self.drafters, self.k, self.maxgram_length if MAXGRAM in self.drafters else None)
+        return (self.drafters, self.k, self.bottom_length if self.statistical_bottom else None)
 
     def describe(self) -> str:
         if not self.drafters:
             return "plain decoding"
         k = "[" + ",".join("[" + ",".join(str(v) for v in row) + "]" for row in self.k) + "]"
-        mg = f", Max-Gram length {self.maxgram_length}" if MAXGRAM in self.drafters and self.maxgram_length else ""
-        return f"{' > '.join(self.drafters)}  K={k}{mg}"
+        bl = f", bottom length {self.bottom_length}" if self.statistical_bottom and self.bottom_length else ""
+        return f"{' > '.join(self.drafters)}  K={k}{bl}"
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -184,7 +190,7 @@ class Prediction:
     tokens_per_step: float  # E[T_0]: tokens per target forward pass
     seconds_per_step: float  # E[S_0]
     target_token_seconds: float  # cost_0(1): one step of plain decoding
-    passes: dict[str, float]  # expected forward passes (Max-Gram: proposals) per target step, by model
+    passes: dict[str, float]  # expected forward passes (statistical drafters: proposals) per target step
     draft_length: float  # expected length of the target's draft
     prefill: dict[str, CostCurve] = field(default_factory=dict, repr=False)
 
@@ -213,7 +219,7 @@ class Prediction:
         return {
             "drafters": list(self.config.drafters),
             "k": [list(r) for r in self.config.k] if self.config.k else None,
-            "maxgram_length": self.config.maxgram_length,
+            "bottom_length": self.config.bottom_length,
             "tokens_per_step": self.tokens_per_step,
             "seconds_per_step": self.seconds_per_step,
             "tokens_per_second": self.tokens_per_second,
@@ -249,7 +255,7 @@ class CascadeModel:
     def predict(self, config: Config) -> Prediction:
         names = (self.meas.target,) + tuple(config.drafters)
         c0 = self.meas.cost(self.meas.target)
-        models = {n: self.meas.cost(n) for n in names if n != MAXGRAM}
+        models = {n: self.meas.cost(n) for n in names if not is_statistical(n)}
         if not config.drafters:
             return Prediction(config, 1.0, c0(1), c0(1), {self.meas.target: 1.0}, 0.0, models)
         if any((self.meas.target, d) in self.meas.restart for d in config.drafters) and config.calls is None:
@@ -277,8 +283,7 @@ class CascadeModel:
     # everything drafted so far. surv[i] accumulates P(A_r >= i).
     # `start` ("miss" / "hit", top level only) picks the restart profiles for the run that opens the draft.
     def _step(self, names: tuple[str, ...], r: int, cfg: Config, start: str | None = None) -> _Step:
-        key = (names[r:], tuple(row[r:] for row in cfg.k[r:]),
-               cfg.maxgram_length if names[-1] == MAXGRAM else None,
+        key = (names[r:], tuple(row[r:] for row in cfg.k[r:]), cfg.bottom_length if cfg.statistical_bottom else None,
                tuple(row[r:] for row in cfg.calls[r:]) if cfg.calls else None, start)
         if key in self._cache:
             return self._cache[key]
@@ -296,6 +301,7 @@ class CascadeModel:
 
         for j in range(r + 1, b + 1):
             src = names[j]
+            src_statistical = is_statistical(src)
             quota = cfg.k[r][j - 1]
             n_calls = cfg.calls[r][j - 1] if cfg.calls else None
             lc_all = self._log_cumprod(reviewer, src)
@@ -323,15 +329,15 @@ class CascadeModel:
                     if sub is None:  # the bottom proposes n tokens in one call
                         if n_calls is not None:
                             n = quota
-                        elif src == MAXGRAM and cfg.maxgram_length:
-                            n = cfg.maxgram_length
+                        elif src_statistical and cfg.bottom_length:
+                            n = cfg.bottom_length
                         else:
                             n = quota - l
                         n = max(1, min(n, cap - l))
-                        if src == MAXGRAM:
+                        if src_statistical:
                             s = l  # each proposal is a new search: its idx restarts
-                            seconds += p * self.meas.cost(MAXGRAM)(n)
-                            add_pass(MAXGRAM, p)
+                            seconds += p * self.meas.cost(src)(n)
+                            add_pass(src, p)
                         else:
                             # autoregressive drafting: one single-token pass per token
                             seconds += p * n * self.meas.cost(src)(1)
@@ -429,6 +435,6 @@ def best_speculative_k(alpha: float, c: float, k_max: int = 64) -> int:
 
 
 __all__ = [
-    "MAXGRAM", "CostCurve", "Profile", "Measurements", "Config", "Prediction", "CascadeModel", "predict",
+    "CostCurve", "Profile", "Measurements", "Config", "Prediction", "CascadeModel", "predict",
     "ewif_speculative", "ewif_horizontal", "ewif_vertical", "best_speculative_k",
 ]

@@ -26,7 +26,7 @@ tokenizes in well under a minute on 2 cores.
 
 Rebuild the packaged table (from the repository root)::
 
-    python -m csdrafting.drafters.corpus --gguf /path/to/qwen2.5-coder-*.gguf \\
+    python -m csdrafting.drafters.bigram_corpus --gguf /path/to/qwen2.5-coder-*.gguf \\
         --out src/csdrafting/data/qwen2.5-coder-bigram.npz
 """
 
@@ -42,7 +42,6 @@ import sys
 import sysconfig
 import time
 import tokenize
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
@@ -164,12 +163,6 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def iter_corpus_texts(include_doc: bool = True) -> Iterator[tuple[str, str]]:
-    """Yield (entry, text) for every corpus file, in the fixed sorted order (see the module docstring)."""
-    for entry, path in corpus_files(include_doc):
-        yield entry, _read_text(path)
-
-
 def _tokenizer_info(llm, gguf_path: str | Path) -> dict:
     n_vocab = int(llm.n_vocab())
     pieces = [llm._model.token_get_text(i) for i in range(n_vocab)]
@@ -253,7 +246,7 @@ def load_default_qwen_bigram() -> BigramTable:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m csdrafting.drafters.corpus", description="Build the Qwen2.5 bigram table from the offline corpus")
+    ap = argparse.ArgumentParser(prog="python -m csdrafting.drafters.bigram_corpus", description="Build the Qwen2.5 bigram table from the offline corpus")
     ap.add_argument("--gguf", help="any GGUF with the Qwen2.5 tokenizer (only the vocabulary is read)")
     ap.add_argument("--out", default=None, help="output .npz (default: the packaged table's path)")
     ap.add_argument("--no-doc", action="store_true", help="stdlib sources only")

@@ -1,13 +1,16 @@
 """Acceptance measured on calibration prompts: per (reviewer, drafter) pair, per draft position.
 
+(Statistics for the tuner; the acceptance RULES the engine applies are cascade/acceptance.py.)
+
 How (greedy decoding, lenience 1):
 1. The target's greedy continuation y of each calibration prompt is generated (by any exact cascade: the
    output is the target's greedy text whatever drafts it, so a cheap one is used to save time).
 2. Every neural candidate reads prompt + y in ONE teacher-forced pass; g_M[t] = argmax of its row
    predicting y[t] is what M would say at that point of the target's path (g_target = y).
-3. Max-Gram is asked for a proposal m_t of up to `maxgram_span` tokens at every position t of y.
-4. From a start t, a neural drafter D reviewed by R keeps being accepted while g_D == g_R; Max-Gram's
-   proposal m_t while m_t[i] == g_R[t + i]. Run lengths from every start give, per position i, how many
+3. Every statistical candidate (drafters/registry.py) is asked for a proposal m_t of up to `span` tokens
+   at every position t of y.
+4. From a start t, a neural drafter D reviewed by R keeps being accepted while g_D == g_R; a statistical
+   drafter's proposal m_t while m_t[i] == g_R[t + i]. Run lengths from every start give, per position i, how many
    drafts reached position i (N_i) and how many were accepted there (A_i): the conditional acceptance
    alpha(i) = A_i / N_i, shrunk toward alpha(i - 1) where data are thin. Runs cut off by the end of a
    continuation are counted only as far as they were observed.
@@ -30,10 +33,12 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..drafters.maxgram import MaxGram
+from ..drafters.base import StatisticalDrafter
+from ..drafters.maxgram import SuffixAutomaton
+from ..drafters.registry import is_statistical
 from ..protocol import CSDraftingError, LanguageModel
 from .costs import time_prefill
-from .model import MAXGRAM, Profile
+from .speed import Profile
 
 
 @dataclass
@@ -43,8 +48,8 @@ class Trace:
     prompt: list[int]
     tokens: list[int]  # y, the target's greedy continuation
     greedy: dict[str, np.ndarray] = field(default_factory=dict)  # model -> g_M[t] for t = 0..len(y)-1
-    maxgram: list[list[int]] = field(default_factory=list)  # proposal at each t
-    match_length: list[int] = field(default_factory=list)  # Max-Gram's longest match at each t
+    proposals: dict[str, list[list[int]]] = field(default_factory=dict)  # statistical drafter -> proposal at each t
+    match_length: list[int] = field(default_factory=list)  # longest earlier match of the text before each t
     seconds: float = 0.0  # wall time of generating y
     helper: str = ""  # which cascade generated y
 
@@ -60,16 +65,28 @@ def teacher_forced_greedy(model: LanguageModel, prompt: Sequence[int], tokens: S
     return np.array(preds, dtype=np.int64), pre
 
 
-def maxgram_proposals(maxgram: MaxGram, prompt: Sequence[int], tokens: Sequence[int], span: int) -> tuple[list[list[int]], list[int]]:
-    """Max-Gram's proposal (up to `span` tokens) and its longest match length at every position of `tokens`."""
-    props, matches = [], []
-    seq = list(prompt)
-    for t in range(len(tokens)):
-        maxgram.sync(seq)
-        matches.append(maxgram.index.longest_earlier_match()[0])
-        props.append(maxgram.propose(seq, span))
-        seq.append(int(tokens[t]))
-    return props, matches
+def proposals_along(drafter: StatisticalDrafter, prompt: Sequence[int], tokens: Sequence[int], span: int) -> list[list[int]]:
+    """The drafter's proposal (up to `span` tokens) at every position of `tokens` after `prompt`."""
+    seq = [int(t) for t in prompt]
+    drafter.begin(seq)
+    props = []
+    for t in tokens:
+        props.append(list(drafter.propose(seq, span)))
+        seq.append(int(t))
+    return props
+
+
+def match_lengths(prompt: Sequence[int], tokens: Sequence[int]) -> list[int]:
+    """At every position of `tokens`, the length of the longest suffix of the text so far seen earlier in it
+    (what a copying drafter copies from)."""
+    index = SuffixAutomaton()
+    for t in prompt:
+        index.append(int(t))
+    out = []
+    for t in tokens:
+        out.append(index.longest_earlier_match()[0])
+        index.append(int(t))
+    return out
 
 
 def record_traces(
@@ -78,8 +95,8 @@ def record_traces(
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     generate: Callable[[list[int]], tuple[list[int], float]],
-    maxgram: MaxGram | None = None,
-    maxgram_span: int = 48,
+    statistical: Mapping[str, StatisticalDrafter] | None = None,
+    span: int = 48,
     target_name: str = "target",
     tick: Callable[[str], None] | None = None,
 ) -> tuple[list[Trace], dict[str, list[tuple[int, float]]]]:
@@ -104,8 +121,10 @@ def record_traces(
             prefill[name].append((len(prompt), pre))
             if tick:
                 tick(name)
-        if maxgram is not None:
-            tr.maxgram, tr.match_length = maxgram_proposals(maxgram, prompt, y, maxgram_span)
+        for name, drafter in (statistical or {}).items():
+            tr.proposals[name] = proposals_along(drafter, prompt, y, span)
+        if statistical:
+            tr.match_length = match_lengths(prompt, y)
         traces.append(tr)
     return traces, prefill
 
@@ -126,7 +145,7 @@ def _runs_neural(g_reviewer: np.ndarray, g_drafter: np.ndarray) -> tuple[np.ndar
     return run, observed
 
 
-def _runs_maxgram(g_reviewer: np.ndarray, proposals: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def _runs_proposals(g_reviewer: np.ndarray, proposals: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     n = len(g_reviewer)
     run = np.zeros(n, dtype=np.int64)
     observed = np.zeros(n, dtype=np.int64)
@@ -182,7 +201,8 @@ def estimate_profiles(
     max_len: int = 64,
     restart_for: str | None = None,
 ) -> tuple[dict[tuple[str, str], Profile], dict, dict[tuple[str, str], tuple[Profile, Profile]]]:
-    """Profiles for every (reviewer, drafter) pair with reviewer != drafter; 'maxgram' as a drafter.
+    """Profiles for every (reviewer, drafter) pair with reviewer != drafter; a statistical drafter is judged
+    by the proposals the traces hold for it.
 
     For pairs reviewed by `restart_for` (the target) also the restart profiles: drafts starting right
     after a position the pair disagreed on (a draft after a correction) and after one it agreed on (a
@@ -195,8 +215,8 @@ def estimate_profiles(
         for d in drafters:
             if d == r:
                 continue
-            if d == MAXGRAM:
-                runs = [_runs_maxgram(tr.greedy[r], tr.maxgram) for tr in traces if tr.maxgram]
+            if is_statistical(d):
+                runs = [_runs_proposals(tr.greedy[r], tr.proposals[d]) for tr in traces if d in tr.proposals]
             else:
                 runs = [_runs_neural(tr.greedy[r], tr.greedy[d]) for tr in traces]
             prof, st = profile_from_runs(runs, max_len)
@@ -211,16 +231,18 @@ def estimate_profiles(
     return out, stats, restart
 
 
-def maxgram_by_match_length(traces: Sequence[Trace], reviewer: str, buckets: Sequence[int] = (0, 1, 2, 4, 8, 16)) -> list[dict]:
-    """Max-Gram's first-token acceptance and mean accepted run, by the length of the match it copied from."""
+def by_match_length(traces: Sequence[Trace], reviewer: str, drafter: str,
+                    buckets: Sequence[int] = (0, 1, 2, 4, 8, 16)) -> list[dict]:
+    """A statistical drafter's first-token acceptance and mean accepted run, by the length of the longest
+    earlier match at the position (what Max-Gram copies from)."""
     rows = []
     edges = list(buckets) + [10**9]
     for lo, hi in zip(edges, edges[1:]):
         first, runs = [], []
         for tr in traces:
-            if not tr.maxgram:
+            if drafter not in tr.proposals:
                 continue
-            run, _ = _runs_maxgram(tr.greedy[reviewer], tr.maxgram)
+            run, _ = _runs_proposals(tr.greedy[reviewer], tr.proposals[drafter])
             for t, m in enumerate(tr.match_length):
                 if lo <= m < hi:
                     first.append(run[t] > 0)
