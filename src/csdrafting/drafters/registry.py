@@ -197,7 +197,8 @@ def _suffix(s: dict[str, Any], vocab_size: int | None) -> StatisticalDrafter:
 
     cal = s["calibration"]
     cal = default_calibration() if cal == DEFAULT else Calibration.load(cal) if cal else None
-    return SuffixDrafter(cal, bigram_table(s["bigram"], vocab_size), s["max_ngram"], s["min_count"], s["persist"])
+    return SuffixDrafter(cal, bigram_table(s["bigram"], vocab_size), s["max_ngram"], s["min_count"], s["persist"],
+                         long_match=s["long_match"], adapt_weight=s["adapt_weight"])
 
 
 def _bigram_setting(fallback_for: str) -> Setting:
@@ -220,6 +221,10 @@ BUILTIN = (
             Setting("max_ngram", int, 12, "longest context matched", minimum=1, legacy="suffix_max_ngram"),
             Setting("min_count", int, 1, "a continuation must have followed its context at least this often",
                     minimum=1, legacy="suffix_min_count"),
+            Setting("long_match", int, 64, "how far past max_ngram a match is measured (a long copy's length "
+                    "class decides its confidence)", minimum=1),
+            Setting("adapt_weight", float, 8.0, "pseudo-observations behind the calibration when a request's own "
+                    "outcomes shift its confidence (0: no in-request learning)", minimum=0),
             Setting("persist", bool, False, "keep the outputs of earlier generations of this process as a second "
                     "source of matches (with it, a seeded sample also depends on the earlier generations, since "
                     "drafts decide how the random stream is consumed)", legacy="suffix_persist"),
