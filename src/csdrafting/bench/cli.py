@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..protocol import CSDraftingError
-from . import datasets as ds_mod
+from .. import datasets as ds_mod
 from .llamacpp_bin import BIN_BASELINE
 from .methods import DEFAULT_GRIDS, ENGINE, ENGINE_METHODS, HF, LLAMA, LLAMA_BIN, PEERS, build_methods
 from .runner import CALIBRATION, EVAL, ExecutorPool, PromptIds, RecordStore, choose_lengths, exclusive, execute, plan

@@ -76,7 +76,7 @@ def _positive(name: str, v: int | None) -> None:
 
 
 def _load_prompts(target, dataset: str, n: int, split: str, n_ctx: int, max_new: int) -> list[tuple[str, list[int]]]:
-    from ..bench.datasets import load
+    from ..datasets import load
     from ..text import chat_prompt, encode
 
     items = load(dataset, lambda u: chat_prompt(target, u), limit=n, split=split)
