@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from csdrafting.datasets import Prompt, load, split_of
+from csdrafting.datasets import Prompt, conversation, load, split_of
 from csdrafting.protocol import CSDraftingError
 
 COUNTS = {"humaneval": 164, "mtbench": 80, "mmlu": 282}
@@ -237,6 +237,8 @@ def test_conversation_of_two_turns():
         q.conversation(["a", "b"])
     with pytest.raises(CSDraftingError, match="raw completion"):
         Prompt("humaneval", "HumanEval/0", "def f():").conversation()
+    # the same from the turns alone, as the bench keeps them
+    assert conversation(q.turns, ["my answer"]) == q.conversation(["my answer"])
 
 
 def test_specbench_order_takes_groups_and_categories_in_turn():

@@ -30,13 +30,13 @@ from __future__ import annotations
 from typing import Callable
 
 from ..protocol import CSDraftingError
-from ._core import SPLITS, Dataset, Prompt, split_hash
+from ._core import SPLITS, Dataset, Prompt, conversation, split_hash
 from .codeedit import CODEEDIT_SETS
 from .specbench import GROUPS as SPECBENCH_GROUPS
 from .specbench import SPECBENCH_SETS
 from .wheels import WHEEL_SETS
 
-__all__ = ["DATASETS", "SPECBENCH_GROUPS", "SPLITS", "Dataset", "Prompt", "load", "split_of"]
+__all__ = ["DATASETS", "SPECBENCH_GROUPS", "SPLITS", "Dataset", "Prompt", "conversation", "load", "split_of"]
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (*WHEEL_SETS, *SPECBENCH_SETS, *CODEEDIT_SETS)}
 

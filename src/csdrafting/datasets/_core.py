@@ -69,18 +69,21 @@ class Prompt:
     turns: tuple[str, ...] = ()
 
     def conversation(self, answers: Sequence[str] = ()) -> list[dict]:
-        """Chat messages for turn ``len(answers) + 1``: the user turns so far, each followed by the
-        model's own answer from ``answers``, ending with the next user turn (render with a chat template)."""
+        """Chat messages for turn ``len(answers) + 1`` (see :func:`conversation`)."""
         if not self.turns:
             raise CSDraftingError(f"{self.dataset}/{self.id} is a raw completion prompt, not a conversation")
-        if len(answers) >= len(self.turns):
-            raise CSDraftingError(
-                f"{self.dataset}/{self.id} has {len(self.turns)} turn(s); got {len(answers)} answers already"
-            )
-        out: list[dict] = []
-        for user, answer in zip(self.turns, answers):
-            out += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-        return out + [{"role": "user", "content": self.turns[len(answers)]}]
+        return conversation(self.turns, answers, f"{self.dataset}/{self.id}")
+
+
+def conversation(turns: Sequence[str], answers: Sequence[str] = (), where: str = "this item") -> list[dict]:
+    """Chat messages for turn ``len(answers) + 1``: the user turns so far, each followed by the model's own
+    answer from ``answers``, ending with the next user turn (render them with a chat template)."""
+    if len(answers) >= len(turns):
+        raise CSDraftingError(f"{where} has {len(turns)} turn(s); got {len(answers)} answers already")
+    out: list[dict] = []
+    for user, answer in zip(turns, answers):
+        out += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return out + [{"role": "user", "content": turns[len(answers)]}]
 
 
 def split_hash(key: str, item_id: str) -> str:
