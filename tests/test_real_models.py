@@ -7,7 +7,7 @@ import pytest
 from csdrafting import Cascade, CascadeConfig, MaxGram
 from csdrafting.drafters.bigram_corpus import load_default_qwen_bigram
 from csdrafting.exactness import TIE, examine, noise_threshold
-from csdrafting.bench.datasets import load
+from csdrafting.datasets import load
 from csdrafting.cascade.planning import CostCurve
 from csdrafting.spec import DEFAULT_SPEC, build, load_model
 from csdrafting.text import encode

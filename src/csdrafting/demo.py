@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import sys
 
-from .bench.datasets import load
+from .datasets import load
 from .cascade.engine import Cascade
 from .exactness import IDENTICAL, MISMATCH, Tally, examine, noise_threshold
 from .spec import CascadeSpec, build

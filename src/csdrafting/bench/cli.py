@@ -26,7 +26,7 @@ from pathlib import Path
 from ..files import atomic_write
 from ..flags import add_cascade_args, spec_from_args
 from ..protocol import CSDraftingError, run_guarded
-from . import datasets as ds_mod
+from .. import datasets as ds_mod
 from .llamacpp_bin import BIN_BASELINE
 from .machine import machine, placement, versions
 from .methods import DEFAULT_GRIDS, ENGINE, ENGINE_METHODS, HF, LLAMA, LLAMA_BIN, PEERS, build_methods

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prompts_for(model, n: int) -> list[list[int]]:
     from ..text import chat_prompt, encode
-    from .datasets import load
+    from ..datasets import load
 
     code = load("humaneval", limit=n, split="calibration")
     chat = load("mtbench", lambda u: u, limit=n, split="calibration")

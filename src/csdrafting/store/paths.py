@@ -51,7 +51,7 @@ def models_dir() -> Path:
 
 
 def wheels_dir() -> Path:
-    """Downloaded wheels (``pip download --no-deps``); shared with csdrafting.bench.datasets."""
+    """Downloaded wheels (``pip download --no-deps``); shared with csdrafting.datasets."""
     return cache_dir() / "wheels"
 
 

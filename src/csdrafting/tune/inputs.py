@@ -44,7 +44,7 @@ def load_models(target_ref: str, refs: Sequence[str], backend: str, threads: int
 def load_prompts(target: LanguageModel, dataset: str, n: int, split: str, n_ctx: int, max_new: int) -> list[tuple[str, list[int]]]:
     """(id, token ids) of the first `n` prompts of a dataset split, in the target's chat template, those
     that fit the context with `max_new` tokens after them."""
-    from ..bench.datasets import load
+    from ..datasets import load
     from ..text import chat_prompt, encode
 
     items = load(dataset, lambda u: chat_prompt(target, u), limit=n, split=split)
