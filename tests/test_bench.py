@@ -484,6 +484,9 @@ def test_settings_change_is_refused(tmp_path):
     _check_settings(tmp_path, s)  # same settings: fine
     with pytest.raises(CSDraftingError, match="max_new_tokens"):
         _check_settings(tmp_path, {**s, "max_new_tokens": 128})
+    # a run from before every record held both timings is not resumed into a mix
+    with pytest.raises(CSDraftingError, match="timings"):
+        _check_settings(tmp_path, {**s, "timings": ["decode", "e2e"]})
 
 
 def test_run_json_from_before_the_renames_resumes(tmp_path):

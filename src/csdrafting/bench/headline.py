@@ -152,8 +152,12 @@ def table(sec: Section, order: Sequence[str] = ()) -> list[str]:
     oracle = speedups.get(ORACLE)
     if oracle is not None and oracle > 1:
         for m in engine:
-            if m not in ("plain", ORACLE) and m in speedups:
-                share = (speedups[m] - 1) / (oracle - 1)
+            if m in ("plain", ORACLE) or m not in speedups:
+                continue
+            if speedups[m] <= 1:
+                lines.append(f"- {m}: no decode speedup over plain ({speedups[m]:.2f}x; the oracle {oracle:.2f}x, medians)")
+            else:
+                share = (speedups[m] - 1) / (oracle - 1)  # of the gain: 1.0x is none of it
                 lines.append(f"- {m}: {100 * share:.0f}% of the oracle's decode speedup over plain "
                              f"({speedups[m]:.2f}x of {oracle:.2f}x, medians)")
         lines.append("")
