@@ -945,3 +945,20 @@ def test_conversation_sets_carry_their_turns_and_later_turns_follow_the_own_answ
     assert ids[: len(p.ids) + 9] == list(p.ids) + answer[:-1]  # turn 2 starts with turn 1 and its answer
     render(p, [answer])
     assert calls == [1]  # the tokenizer's model is asked for once
+
+
+def test_transformers_peer_times_its_prompt_pass_apart():
+    """transformers' prompt pass yields the first token: decode-only is the rest, every token priced at the
+    rate of the others (as llama-completion's figure is read); with one token there is nothing apart."""
+    from types import SimpleNamespace
+
+    from csdrafting.bench.executors import HFExecutor
+
+    ex = HFExecutor.__new__(HFExecutor)  # no weights: only the arithmetic of its metrics
+    ex.target_ref, ex.n_params = "qwen2.5-coder-0.5b:Q4_K_M", 100
+    ex.log = SimpleNamespace(passes=[(0, [7, 7, 7]), (3, [1]), (4, [2]), (5, [3]), (6, [4])], seconds=4.8)
+    m = ex._metrics(None, [7, 7, 7], [1, 2, 3, 4, 5], seconds=5.0, first=1.4)
+    assert m.seconds == 5.0 and m.decode_seconds == pytest.approx((5.0 - 1.4) * 5 / 4)
+    assert m.prefill_seconds == pytest.approx(0.5) and m.decode_tokens_per_second == pytest.approx(5 / 4.5)
+    one = ex._metrics(None, [7, 7, 7], [1], seconds=2.0, first=2.0)
+    assert one.decode_seconds == 2.0 and one.prefill_seconds == 0.0

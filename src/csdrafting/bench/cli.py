@@ -6,8 +6,8 @@
     csdrafting bench full --summary-only         # rebuild summary.md and the plots from records.jsonl
     csdrafting bench quick --peers llama-cpp-ngram-map-k,llama-cpp-ngram-mod   # + llama.cpp's own programs
     csdrafting bench noise --model qwen2.5-coder-1.5b:Q4_K_M   # batch-shape noise: the tie threshold
-    csdrafting bench full --datasets codeedit,codeedit-lib,specbench --peers llama-cpp-ngram-mod,llama-cpp-ngram-map-k
-                                                 # input-grounded work and Spec-Bench beside llama.cpp's n-gram modes
+    csdrafting bench grounded                    # code edits and Spec-Bench's six groups beside llama.cpp's
+                                                 # ngram-mod / ngram-map-k (their programs build once, ~10 min)
 
 Output in --out (default runs/bench-<suite>/): records.jsonl (one record per prompt and method, written
 as it goes; rerun the same command to resume), prompts.json (the token ids every method was given),
@@ -56,6 +56,12 @@ SUITES = {
     # (llama.cpp's own programs only on request, --peers llama-cpp-...: their first use builds them, ~10 min)
     "full": Suite(limit=10, calibration_prompts=2, max_new_tokens=128, peers=("llama-pld", "hf-assisted", "hf-pld"),
                   hf_limit=3),
+    # issue 14's workloads, where drafting can pay (input-grounded work) and Spec-Bench group by group, beside
+    # llama.cpp's own n-gram modes: about 1.5 hours here with the 1.5B Q4_K_M target (5 eval prompts of
+    # each set, draft lengths calibrated on 1 prompt of each)
+    "grounded": Suite(limit=5, calibration_prompts=1, max_new_tokens=128,
+                      peers=("llama-cpp-ngram-mod", "llama-cpp-ngram-map-k"), hf_limit=0,
+                      datasets=("codeedit", "codeedit-lib", *(f"specbench-{g}" for g in ds_mod.SPECBENCH_GROUPS))),
 }
 
 
@@ -84,7 +90,7 @@ def _names(choices):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csdrafting bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", nargs="?", choices=sorted(SUITES), help="quick (default) or full")
+    p.add_argument("suite", nargs="?", choices=sorted(SUITES), help="quick (default), full or grounded")
     p.add_argument("--suite", dest="suite_opt", choices=sorted(SUITES), help="the same, as an option")
     p.add_argument("--out", help="output directory (default runs/bench-<suite>)")
     p.add_argument("--datasets", type=_names(tuple(ds_mod.DATASETS)),
