@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 from ..cascade.metrics import GenerationMetrics
 from ..exactness import IDENTICAL, MISMATCH, TIE
+from ..protocol import CSDraftingError
 
 DIVERGENT = "divergent"  # differs from its baseline, not examined (a peer's own code and backend)
 
@@ -55,7 +56,7 @@ def run_turns(executor, method, params: dict, prompt, base: dict | None, max_new
         if k == 0:
             ids = list(prompt.ids)
         elif render is None:
-            raise AssertionError("a conversation needs a Render for its later turns")
+            raise CSDraftingError(f"{prompt.dataset}/{prompt.id} has {n} turns: execute() needs a render for them")
         else:
             ids = render(prompt, [t.outcome.tokens for t in out])
         ref = base_turns[k]["tokens"] if same and k < len(base_turns) else (None if base is None else [])
@@ -151,7 +152,8 @@ def _turn_fields(t: Turn, timing: str) -> dict:
     target = m.levels[0]
     out = {"prompt_tokens": len(t.prompt), "tokens": list(t.outcome.tokens), "finish_reason": t.outcome.finish_reason,
            "new_tokens": m.new_tokens, **timing_fields(m, timing),
-           # what the target evaluated (its prefill included): a kept cache makes a later turn's smaller
+           # what the target evaluated as the executor counts it (engine methods: the prompt tokens it
+           # prefilled too, so a kept cache makes a later turn's smaller; peers: decoding only)
            "target_tokens_evaluated": target.tokens_evaluated, "target_passes": target.forward_passes,
            "exactness": t.verdict}
     if t.divergence is not None:
