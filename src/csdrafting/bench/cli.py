@@ -57,8 +57,8 @@ SUITES = {
     "full": Suite(limit=10, calibration_prompts=2, max_new_tokens=128, peers=("llama-pld", "hf-assisted", "hf-pld"),
                   hf_limit=3),
     # issue 14's workloads, where drafting can pay (input-grounded work) and Spec-Bench group by group, beside
-    # llama.cpp's own n-gram modes: about 1.5 hours here with the 1.5B Q4_K_M target (5 eval prompts of
-    # each set, draft lengths calibrated on 1 prompt of each)
+    # llama.cpp's own n-gram modes (5 eval prompts of each set, draft lengths calibrated on 1 prompt of each):
+    # about 340 runs of 128 tokens, roughly an hour here with the 1.5B Q4_K_M target (estimated, not timed)
     "grounded": Suite(limit=5, calibration_prompts=1, max_new_tokens=128,
                       peers=("llama-cpp-ngram-mod", "llama-cpp-ngram-map-k"), hf_limit=0,
                       datasets=("codeedit", "codeedit-lib", *(f"specbench-{g}" for g in ds_mod.SPECBENCH_GROUPS))),
