@@ -962,3 +962,25 @@ def test_transformers_peer_times_its_prompt_pass_apart():
     assert m.prefill_seconds == pytest.approx(0.5) and m.decode_tokens_per_second == pytest.approx(5 / 4.5)
     one = ex._metrics(None, [7, 7, 7], [1], seconds=2.0, first=2.0)
     assert one.decode_seconds == 2.0 and one.prefill_seconds == 0.0
+
+
+@pytest.mark.parametrize("turn, margin, verdict", [(0, -0.05, "mismatch"), (1, -0.05, "tie"), (1, 0.2, "tie"),
+                                                   (1, -0.5, "mismatch")])
+def test_a_later_turn_on_a_kept_cache_is_a_tie_within_the_noise_whichever_token_the_replay_prefers(
+        monkeypatch, turn, margin, verdict):
+    """The cold replay of a later turn has neither method's cache history: when it prefers the method's
+    token (a negative margin) the first-turn rule would call it a mismatch; within the noise it is a tie."""
+    import csdrafting.exactness as exm
+
+    def fake(model, prompt, reference, candidate, threshold, split_last=False):
+        reason = "replaying plain decoding chose 9, not 8" if margin < 0 else ""
+        return exm.Divergence(exm.MISMATCH if margin < 0 or margin > threshold else exm.TIE, 0, 8, 9,
+                              (1.0 + margin, 1.0), (1.0, 1.0), threshold, reason)
+
+    monkeypatch.setattr(exm, "examine", fake)
+    monkeypatch.setattr(exm, "noise_threshold", lambda model: 0.3)
+    ex = _executor()
+    d = ex.examine([1, 2], [8], [9], turn=turn)
+    assert d.verdict == verdict
+    if turn and verdict == "tie" and margin < 0:
+        assert "cache kept from the earlier turns" in d.reason and "chose 9" in d.reason

@@ -66,12 +66,14 @@ def run_turns(executor, method, params: dict, prompt, base: dict | None, max_new
     for k, t in enumerate(out):
         if base is None or k >= len(base_turns) or any(u.verdict != IDENTICAL for u in out[:k]):
             break
-        t.verdict, t.divergence = classify(executor, t.prompt, base_turns[k], t.outcome.tokens)
+        t.verdict, t.divergence = classify(executor, t.prompt, base_turns[k], t.outcome.tokens, k)
     return out
 
 
-def classify(executor, prompt: list[int], base: dict | None, tokens: list[int]) -> tuple[str | None, dict | None]:
-    """(exactness verdict, divergence details) of one output against its baseline's (a record or a turn).
+def classify(executor, prompt: list[int], base: dict | None, tokens: list[int],
+             turn: int = 0) -> tuple[str | None, dict | None]:
+    """(exactness verdict, divergence details) of one output against its baseline's (a record or a turn;
+    `turn`: its number in a conversation, from 0).
 
     None when there is no baseline to compare with; IDENTICAL when equal; otherwise the executor's own
     `examine` (engine methods: the target's logits at the first differing token) decides TIE or MISMATCH,
@@ -84,7 +86,7 @@ def classify(executor, prompt: list[int], base: dict | None, tokens: list[int]) 
     examine = getattr(executor, "examine", None)
     if examine is None:
         return DIVERGENT, None
-    d = examine(prompt, base["tokens"], tokens)
+    d = examine(prompt, base["tokens"], tokens, turn=turn) if turn else examine(prompt, base["tokens"], tokens)
     return d.verdict, {**d.to_json(), "describe": d.describe()}
 
 
