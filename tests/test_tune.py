@@ -441,3 +441,16 @@ def test_tune_subcommand_is_wired(capsys):
 def test_bad_numbers_are_rejected(capsys):
     assert tune_cli.main(["--prompts", "0", "--no-progress"]) == 2
     assert "--prompts" in capsys.readouterr().err
+
+
+def test_race_rationale_says_whether_the_neural_level_pays():
+    from csdrafting.tune.race import neural_rationale
+
+    def row(label, speedup, drafters):
+        return {"config": label, "median_speedup": speedup, "spec": {"drafters": drafters}}
+
+    keep = neural_rationale([row("suffix", 1.2, ["suffix"]), row("routed", 1.5, ["qwen2.5-coder-0.5b:Q4_K_M", "suffix"])])
+    assert keep.startswith("neural level: worth keeping") and "1.25x" in keep
+    drop = neural_rationale([row("suffix", 1.6, ["suffix"]), row("vertical", 1.1, ["m.gguf", "suffix"])])
+    assert drop.startswith("neural level: not worth keeping")
+    assert "no candidate" in neural_rationale([row("suffix", 1.0, ["suffix"])])

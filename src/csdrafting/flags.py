@@ -88,6 +88,9 @@ def add_cascade_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=None,
                    help="cost-aware drafting: K is a cap, each level drafts only what its confidence pays for "
                         "(default: on in the built-in cascade)")
+    g.add_argument("--route", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --dynamic: route each step around a neural drafter whenever the levels below it are "
+                        "predicted to draft faster on their own (default off: the paper's fixed paths)")
     add_placement_args(g)
     g.add_argument("--model-device", action="append", metavar="REF=DEVICE",
                    help="--backend hf: put one model of the cascade on its own device (repeatable)")
@@ -113,7 +116,7 @@ def spec_from_args(args: argparse.Namespace) -> CascadeSpec:
             spec.k = KMatrix.parse(args.k, args.k_spelling or "cumulative")
         except CSDraftingError as exc:
             raise CSDraftingError(f"--k: {exc}") from None
-    for attr in ("lenience", "bottom_length", "dynamic", *PLACEMENT):
+    for attr in ("lenience", "bottom_length", "dynamic", "route", *PLACEMENT):
         v = getattr(args, attr, None)
         if v is not None:
             setattr(spec, attr, v)

@@ -47,6 +47,7 @@ class CascadeSpec:
     n_ctx: int = 4096
     dynamic: bool = False  # cost-aware drafting; K is then a cap
     costs: dict[str, dict] | None = None  # model ref -> CostCurve JSON (measured), for dynamic drafting
+    route: bool = False  # per-step routing around neural drafters (needs dynamic; cascade/routing.py)
     drafter_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     note: str = ""  # free text: where the spec came from (e.g. the tuner's prediction)
     device: str = "cpu"  # hf backend: cpu, cuda, cuda:N, mps, auto (accelerate's device map)
@@ -60,7 +61,7 @@ class CascadeSpec:
 
     def cascade_config(self, costs: list | None = None) -> CascadeConfig:
         return CascadeConfig(self.k, float(self.lenience), self.bottom_length, self.dynamic,
-                             tuple(costs) if costs is not None else None)
+                             tuple(costs) if costs is not None else None, self.route)
 
     def settings_of(self, drafter: str) -> dict[str, Any]:
         """The settings this spec gives a statistical drafter (those not given are the registry's defaults)."""
@@ -127,7 +128,7 @@ class CascadeSpec:
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
         d.update(k=self.k.rows() if self.k else None, k_spelling="cumulative", costs=copy.deepcopy(self.costs),
                  drafter_settings=copy.deepcopy(self.drafter_settings), devices=dict(self.devices))
-        omit = {**PLACEMENT_DEFAULTS, "drafter_settings": {}}
+        omit = {**PLACEMENT_DEFAULTS, "drafter_settings": {}, "route": False}
         return {k: v for k, v in d.items() if not (k in omit and v == omit[k])}
 
     def save(self, path: str | Path) -> None:
@@ -176,7 +177,7 @@ class CascadeSpec:
         k = self.k.rows() if self.k else "-"
         return (
             f"target {self.target}; drafters {', '.join(self.drafters) or '(none: plain decoding)'}; "
-            f"K (cumulative) {k}{' as a cap, cost-aware' if self.dynamic else ''}; "
+            f"K (cumulative) {k}{' as a cap, cost-aware' if self.dynamic else ''}{', routed' if self.route else ''}; "
             f"lenience {self.lenience}; backend {self.backend}, {self.threads} threads{self._describe_placement()}"
         )
 

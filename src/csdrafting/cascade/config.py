@@ -143,7 +143,9 @@ class CascadeConfig:
 
     dynamic=True turns on cost-aware drafting (cascade/planning.py): K becomes a cap, and each level drafts
     only as many tokens as its predicted acceptance pays for, given `costs`: one measured CostCurve per
-    level, target first (None for statistical levels). The output stays exact either way.
+    level, target first (None for statistical levels). route=True (with dynamic) adds per-step routing
+    (cascade/routing.py): a reviewer skips a neural drafter whenever the levels below it are predicted to
+    draft faster on their own. The output stays exact either way.
     """
 
     k: KMatrix | None = None
@@ -151,6 +153,7 @@ class CascadeConfig:
     bottom_length: int | None = None
     dynamic: bool = False
     costs: tuple | None = None  # tuple[CostCurve | None, ...], one per level
+    route: bool = False
 
     def __post_init__(self) -> None:
         if not (self.lenience >= 1):
@@ -162,6 +165,10 @@ class CascadeConfig:
             raise CSDraftingError(f"bottom_length must be an integer >= 1 or None (got {n!r})")
         if not isinstance(self.dynamic, bool):
             raise CSDraftingError(f"dynamic must be true or false (got {self.dynamic!r})")
+        if not isinstance(self.route, bool):
+            raise CSDraftingError(f"route must be true or false (got {self.route!r})")
+        if self.route and not self.dynamic:
+            raise CSDraftingError("route needs dynamic drafting (measured costs decide the path): set dynamic too")
 
     @classmethod
     def make(
@@ -172,11 +179,12 @@ class CascadeConfig:
         bottom_length: int | None = None,
         dynamic: bool = False,
         costs: Sequence | None = None,
+        route: bool = False,
     ) -> "CascadeConfig":
         if k is not None and not isinstance(k, KMatrix):
             k = KMatrix.parse(k, spelling)
         return cls(k=k, lenience=float(lenience), bottom_length=bottom_length, dynamic=dynamic,
-                   costs=tuple(costs) if costs is not None else None)
+                   costs=tuple(costs) if costs is not None else None, route=route)
 
     @property
     def maxgram_length(self) -> int | None:

@@ -32,6 +32,7 @@ from .config import CascadeConfig, SamplingConfig
 from .levels import Draft, Level, ModelLevel, Run, StatisticalLevel
 from .metrics import GenerationMetrics
 from .planning import CostCurve, StepPlan
+from .routing import Router
 
 Drafter = Union[LanguageModel, StatisticalDrafter]
 __all__ = ["Cascade", "Draft", "Drafter", "GenerationResult", "StopGeneration"]
@@ -96,6 +97,9 @@ class Cascade:
             for i, (m, c) in enumerate(zip([target, *drafters], costs))
         ]
         self.eos = frozenset(target.info.eos_token_ids)
+        # routing needs a reviewer with a neural drafter to go around and a near-free bottom to look at
+        routable = self.bottom >= 2 and isinstance(self.levels[-1], StatisticalLevel)
+        self.router = Router() if self.config.route and self.dynamic and routable else None
 
     # ----------------------------------------------------------------------------------------------------
     def generate(
@@ -146,6 +150,8 @@ class Cascade:
 
         generated: list[int] = []
         finish = "length"
+        routes0 = dict(self.router.decisions) if self.router is not None else {}
+        routes0_s = self.router.seconds if self.router is not None else 0.0
         try:
             for lv in self.levels:
                 lv.prefill(run, prefill_chunk, on_prefill)
@@ -169,6 +175,9 @@ class Cascade:
                 finish = "eos"
         metrics.seconds = time.perf_counter() - t0
         metrics.new_tokens = len(generated)
+        if self.router is not None:
+            metrics.routes = {k: v - routes0[k] for k, v in self.router.decisions.items()}
+            metrics.routes["seconds"] = self.router.seconds - routes0_s
         for lv in self.levels:
             lv.end(prompt + generated)
         return GenerationResult(generated, finish, metrics, self.describe())
@@ -180,6 +189,7 @@ class Cascade:
             "lenience": self.config.lenience,
             "maxgram_length": self.config.bottom_length,
             "dynamic": self.config.dynamic,
+            "route": self.config.route,
         }
 
     def _check_costs(self, models: list) -> list[CostCurve | None]:
@@ -223,18 +233,21 @@ class Cascade:
                         "larger context"
                     )
 
-    def _step(self, r: int, base: list[int]) -> Draft:
+    def _step(self, r: int, base: list[int], first: Draft | None = None) -> Draft:
         """Reviewer r: fill a draft from the levels below it (K row r), then review it in one pass.
 
         Horizontal: drafter levels j = r+1, r+2, ... fill the draft in turn up to their cumulative quotas
         K[r][j]. Vertical: a neural drafter fills its share by reviewing drafts of the levels below it;
         the bottom level (and a drafter whose K row is zero) drafts alone. With dynamic drafting each level
-        keeps only what pays at r's measured cost, and a level whose confidence falls hands over to the next.
+        keeps only what pays at r's measured cost, and a level whose confidence falls hands over to the next;
+        with routing, a neural drafter is skipped whenever the levels below it are predicted to pay more.
+        `first`: the bottom's proposal after `base`, when the caller has already asked for it.
         """
         run, k = self.run, self.config.k
         draft = Draft()
         room = self.max_new - len(base) - 1  # draft tokens that can still matter: the review adds one more
         plan = StepPlan(self.levels[r].cost) if self.dynamic else None
+        through: dict[int, tuple[int, float]] = {}  # routing's bookkeeping: drafter j -> (steps, seconds)
         for j in range(r + 1, self.bottom + 1):
             lv = self.levels[j]
             quota = min(k.quota(r, j), room)
@@ -242,11 +255,27 @@ class Cascade:
             while len(draft) < quota:
                 ctx = base + draft.tokens
                 if j == self.bottom or not k.reviews(j):  # the bottom, or a drafter with a zero K row, drafts alone
-                    got = lv.propose(run, ctx, quota - len(draft), plan, len(draft))
+                    if first is not None and j == self.bottom and len(draft) == first.at:
+                        got, first = first, None
+                        got.truncate(quota - len(draft))
+                    else:
+                        got = lv.propose(run, ctx, quota - len(draft), plan, len(draft))
                 else:
                     if plan is not None and not plan.worth_more(plan.value, len(draft), lv.cost(1)):
                         break  # even a sure token from D_j would not pay for its pass: hand over to the next level
-                    got = self._step(j, ctx)
+                    peek = self._peek(r, j, ctx, plan, len(draft), room) if self.router is not None else None
+                    if peek is not None and peek.direct:
+                        first = peek
+                        break  # the levels below j pay more on their own: go around j for the rest of this draft
+                    if peek is not None:
+                        peek.at = 0  # j's own draft after ctx starts with it
+                    if self.router is None:
+                        got = self._step(j, ctx)
+                    else:
+                        t0 = self._priced(j)
+                        got = self._step(j, ctx, peek)
+                        n, sec = through.get(j, (0, 0.0))
+                        through[j] = (n + 1, sec + self._priced(j) - t0)
                 if plan is not None and got:
                     keep = plan.keep(got.conf, len(draft))
                     if keep < len(got):
@@ -262,4 +291,34 @@ class Cascade:
                     break
             if ends:
                 break
-        return self.levels[r].review(run, base, draft)
+        out = self.levels[r].review(run, base, draft)
+        if through:
+            self.router.observe(r, through, draft.src, len(out) - 1)
+        return out
+
+    def _priced(self, j: int) -> float:
+        """What the levels from j down have cost so far, priced by their cost curves: the units of the
+        planner, and the same on every run of the same text (routing then depends on no clock)."""
+        return sum(lv.priced for lv in self.levels[j:])
+
+    def _peek(self, r: int, j: int, ctx: list[int], plan: StepPlan, have: int, room: int) -> "_Peek | None":
+        """Routing at reviewer r before a step of neural drafter j: the bottom's proposal after ctx (as long as
+        row r lets the bottom draft), and whether r should take it directly instead of asking j."""
+        b = self.bottom
+        n = min(self.config.k.quota(r, b), room) - have
+        if n <= 0:
+            return None  # K gives the bottom no positions of r's draft: the paper's path through j
+        t0 = time.perf_counter()
+        prop = self.levels[b].propose(self.run, ctx, n)
+        peek = _Peek(prop.tokens, prop.qs, prop.src, prop.conf)
+        peek.at = have
+        peek.direct = self.router.go_direct(r, j, plan.value, self.levels[r].cost, have, plan.spent(), prop.conf)
+        self.router.seconds += time.perf_counter() - t0
+        return peek
+
+
+class _Peek(Draft):
+    """A proposal of the bottom level that routing looked at, kept for whichever level takes it next."""
+
+    at: int = 0  # the draft length it continues
+    direct: bool = False

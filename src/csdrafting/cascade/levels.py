@@ -96,6 +96,11 @@ class Level(ABC):
         """One pass over base + draft: the accepted prefix plus this level's own correction or bonus."""
         raise NotImplementedError(f"level {self.index} ({self.metrics.name}) reviews nothing")
 
+    @property
+    def priced(self) -> float:
+        """Seconds this level has cost so far, priced by its cost curve (a statistical level: measured)."""
+        return self.metrics.seconds
+
     def committed(self, run: Run, generated: list[int]) -> None:
         """The target has committed `generated`: nothing before it will be asked for again."""
 
@@ -141,6 +146,7 @@ class ModelLevel(Level):
         self.model = model
         self.cost = cost
         self.rows = RowCache(model, self._new_metrics())
+        self.rows.cost = cost
 
     def _new_metrics(self) -> LevelMetrics:
         info = self.model.info
@@ -153,6 +159,10 @@ class ModelLevel(Level):
     @property
     def prefix(self) -> list[int]:
         return self.rows.prefix
+
+    @property
+    def priced(self) -> float:
+        return self.rows.priced
 
     def begin(self, prompt: Sequence[int], keep_cache: bool) -> None:
         self.rows.metrics = self._new_metrics()

@@ -74,6 +74,7 @@ class GenerationMetrics:
     seconds: float = 0.0  # end to end: the prompt's prefill and the decoding
     target_steps: int = 0  # iterations of the outer loop, each ending in one target forward pass
     prefill_seconds: float = 0.0  # bringing the prompt into every level's cache (and index)
+    routes: dict = field(default_factory=dict)  # with routing: decisions taken ("direct", "via", "measure")
 
     @property
     def tokens_per_second(self) -> float:

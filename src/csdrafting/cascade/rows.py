@@ -34,6 +34,9 @@ class RowCache:
         self.model = model
         self.argmax_ext = isinstance(model, ArgmaxExtension)  # a runtime Protocol check: once, not per call
         self.metrics = metrics or LevelMetrics(0, model.info.label, "model", model.info.n_params)
+        # with a measured cost curve, the seconds its passes cost by that curve (routing prices paths by it)
+        self.cost = None
+        self.priced = 0.0
         self.prefix: list[int] = []  # what precedes the generated text in this model's cache
         # position -> (its cache stamp then, full row or argmax id)
         self.rows: dict[int, tuple[int, np.ndarray | int]] = {}
@@ -75,6 +78,8 @@ class RowCache:
             m.prefill_passes += 1
         else:
             m.forward_passes += 1
+            if self.cost is not None:
+                self.priced += self.cost(len(tokens))
         m.tokens_evaluated += len(tokens)
         at += logits_from
         stamps = cache_stamps(self.model)

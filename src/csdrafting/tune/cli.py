@@ -21,11 +21,13 @@ import json
 import sys
 from pathlib import Path
 
+from ..datasets import DATASETS
 from ..drafters.registry import is_statistical
 from ..flags import PLACEMENT, add_placement_args
 from ..protocol import run_guarded
 from ..spec import DEFAULT_TARGET
 from .pipeline import DEFAULT_DRAFTERS, TuneOptions, TuneRun, run_tune, tokens_per_pass
+from .race import neural_rationale
 from .speed import Measurements
 from .validate import ValidateOptions, ValidateRun, run_validate
 
@@ -42,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=None, help="calibration prompts (default 8; with --validate, eval prompts, default 5)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per generation (default 64)")
     add_placement_args(p, PLACED)
-    p.add_argument("--dataset", default="humaneval", choices=["humaneval", "mtbench", "mmlu"])
+    p.add_argument("--dataset", default="humaneval",
+                   help="calibration prompts from this dataset, or several comma-separated (taken in turn), e.g. "
+                        "humaneval,codeedit,specbench: " + ", ".join(DATASETS))
     p.add_argument("--reps", type=int, default=3, help="timings per cost-curve point (median kept)")
     p.add_argument("--max-quota", type=int, default=48, help="largest cumulative draft length the search considers")
     p.add_argument("--no-progress", action="store_true")
@@ -162,6 +166,7 @@ def print_tune(run: TuneRun, out) -> None:
             print(f"  {row['median_speedup']:5.2f}x  {row['tokens_per_second']:6.2f} tok/s  identical "
                   f"{row['identical_to_plain']}  {row['config']}", file=out)
         print(f"raced best: {run.spec.describe()}", file=out)
+        print(neural_rationale(run.race), file=out)
     print(f"wrote {opts.out} (use it with --config) and {opts.report_file}", file=out)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from itertools import zip_longest
 from typing import Any, Callable, Sequence
 
 from ..drafters import registry
@@ -43,7 +44,12 @@ def load_models(target_ref: str, refs: Sequence[str], backend: str, threads: int
 
 def load_prompts(target: LanguageModel, dataset: str, n: int, split: str, n_ctx: int, max_new: int) -> list[tuple[str, list[int]]]:
     """(id, token ids) of the first `n` prompts of a dataset split, in the target's chat template, those
-    that fit the context with `max_new` tokens after them."""
+    that fit the context with `max_new` tokens after them. `dataset` may name several, comma-separated:
+    then `n` of each, taken in turn (so the first few prompts cover every workload)."""
+    names = [d.strip() for d in dataset.split(",") if d.strip()]
+    if len(names) > 1:
+        each = [load_prompts(target, d, n, split, n_ctx, max_new) for d in names]
+        return [p for group in zip_longest(*each) for p in group if p is not None]
     from ..datasets import load
     from ..text import chat_prompt, encode
 

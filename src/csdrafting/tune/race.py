@@ -62,6 +62,28 @@ def race(target: LanguageModel, entries: Sequence[Entry], prompts: Sequence[list
 
 # the statistical drafter the cost-aware candidates use: it says how likely each proposal is accepted
 CONFIDENT = "suffix"
+LONG = 64  # the cap of its own positions: long copies are drafted whole when they pay
+
+
+def neural_rationale(table: Sequence[dict]) -> str:
+    """One sentence from the race: is a neural drafter worth keeping, and by how much."""
+    def neural(row: dict) -> bool:
+        from ..drafters.registry import is_statistical
+
+        return any(not is_statistical(d) for d in (row["spec"] or {}).get("drafters", []))
+
+    with_n = [r for r in table if neural(r)]
+    without = [r for r in table if not neural(r)]
+    if not with_n or not without:
+        return "the race had no candidate with (or without) a neural drafter to compare"
+    a = max(with_n, key=lambda r: r["median_speedup"])
+    b = max(without, key=lambda r: r["median_speedup"])
+    ratio = a["median_speedup"] / b["median_speedup"]
+    verdict = ("worth keeping" if ratio > 1.02 else "not worth keeping" if ratio < 0.98 else "a tie within the race's noise")
+    return (f"neural level: {verdict} here: the best cascade with one ({a['config']}) ran {a['median_speedup']:.2f}x plain, "
+            f"the best without ({b['config']}) {b['median_speedup']:.2f}x ({ratio:.2f}x); a neural drafter pays where the "
+            "target's review is memory-bound and the statistical level is not confident, and costs where the review is "
+            "compute-bound or the text is copied")
 
 
 def race_dynamic(static_spec, target: LanguageModel, neural: dict, res, prompts, max_new: int,
@@ -93,10 +115,11 @@ def race_dynamic(static_spec, target: LanguageModel, neural: dict, res, prompts,
     costs = {ref: res.measurements.costs[ref].to_json() for ref in [static_spec.target, *neural] if ref in res.measurements.costs}
     base = replace(calibrated(static_spec, cal_path.name), dynamic=True, costs=costs, lenience=1.0, bottom_length=None,
                    note="")
-    candidates = [replace(base, drafters=[CONFIDENT], k=KMatrix.parse([[16]]))]
-    for ref in neural:  # D, then the confident drafter (horizontal); D reviewing it (vertical)
+    candidates = [replace(base, drafters=[CONFIDENT], k=KMatrix.parse([[LONG]]))]
+    for ref in neural:  # D, then the confident drafter (horizontal); D reviewing it (vertical); both, routed
         candidates.append(replace(base, drafters=[ref, CONFIDENT], k=KMatrix.parse([[12, 28], [0, 0]])))
         candidates.append(replace(base, drafters=[ref, CONFIDENT], k=KMatrix.parse([[12, 12], [0, 8]])))
+        candidates.append(replace(base, drafters=[ref, CONFIDENT], k=KMatrix.parse([[12, LONG], [0, 8]]), route=True))
 
     def engine(spec):
         return lambda: spec_cascade(calibrated(spec, cal_path), target, neural)

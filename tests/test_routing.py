@@ -1,0 +1,181 @@
+"""Per-step routing (cascade/routing.py): exact whatever path each step takes, and it does take both paths.
+
+- greedy: routed cascades reproduce transformers' own greedy decoding, decoder-only and encoder-decoder,
+  with the router both going around the neural drafter and through it;
+- sampling: a routed cascade's output law is the target's (chi-square against the enumerated law, the
+  power of tests/test_sampling_exact.py), and the same test rejects routed cascades broken two ways (the
+  direct path's tokens given a wrong q; a lenient drafter on the other path handing p upward). Note that
+  labelling a drafter's sampled tokens as point masses is NOT a bug: a review against a one-hot q is exact
+  for any draft drawn independently of the reviewer's coins, only slower;
+- the decision itself: a confident copy goes straight to the reviewer, an unconfident one through the
+  neural drafter, and the paper's path is kept while the drafter is unmeasured.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import table_lm
+import tiny
+from csdrafting import Cascade, CascadeConfig, CSDraftingError
+from csdrafting.cascade import acceptance, engine
+from csdrafting.cascade.config import SamplingConfig
+from csdrafting.cascade.planning import CostCurve, DraftValue
+from csdrafting.cascade.routing import WARMUP, Router, direct_rate
+from csdrafting.drafters.suffix import SuffixDrafter
+from test_dynamic import CHEAP, MEMORY, _calibration
+from test_greedy_exact import PROMPTS, _family, _reference
+from test_sampling_exact import ALPHA, N_RUNS, PROMPT, chi_square_pvalue, exact_distribution
+
+K = [[6, 12], [0, 4]]  # the 0.5B-like drafter may fill 6 positions (reviewing the suffix drafter), the suffix 12
+
+
+def _routed(T, D, cal=None, k=K, costs=(MEMORY, CHEAP, None), lenience=1.0):
+    cfg = CascadeConfig.make(k, lenience=lenience, dynamic=True, costs=list(costs), route=True)
+    return Cascade(T, [D, SuffixDrafter(cal or _calibration())], cfg)
+
+
+@pytest.mark.parametrize("kind", ["decoder-only", "encoder-decoder"])
+def test_routed_greedy_equals_target_generate(kind):
+    make = tiny.causal if kind == "decoder-only" else tiny.seq2seq
+    target, drafters = _family(make)
+    T, D = tiny.wrap(target, "target"), tiny.wrap(drafters[0], "d1")
+    cascades = {
+        "routed": _routed(T, D),
+        "routed, lenience 2": _routed(T, D, lenience=2.0),
+        "routed, the drafter reviews 2 only": _routed(T, D, k=[[4, 10], [0, 2]]),
+    }
+    decisions = Counter()
+    # a prompt that repeats itself, so the suffix drafter has copies to offer, beside the usual ones
+    prompts = PROMPTS + [PROMPTS[0] + PROMPTS[0] + PROMPTS[0][:3]]
+    for prompt in prompts:
+        for n in (2, 40):
+            expect = _reference(target, prompt, n)
+            for name, c in cascades.items():
+                r = c.generate(prompt, n)
+                assert r.tokens == expect, f"{name}, prompt {prompt}, n={n}"
+                decisions.update({k: v for k, v in r.metrics.routes.items() if k != "seconds"})
+    assert decisions["direct"] > 0 and decisions["via"] + decisions["measure"] > 0, decisions
+
+
+def test_static_and_unrouted_cascades_take_no_decisions():
+    target, drafters = _family(tiny.causal)
+    T, D = tiny.wrap(target, "t"), tiny.wrap(drafters[0], "d")
+    plain_dyn = Cascade(T, [D, SuffixDrafter(_calibration())],
+                        CascadeConfig.make(K, dynamic=True, costs=[MEMORY, CHEAP, None]))
+    assert plain_dyn.router is None and plain_dyn.generate(PROMPTS[0], 12).metrics.routes == {}
+    with pytest.raises(CSDraftingError, match="route needs dynamic"):
+        CascadeConfig.make(K, route=True)
+
+
+def test_decision_rule():
+    """Direct when the bottom's proposal beats what a step through the drafter has yielded, else via;
+    unmeasured drafters are always taken (the paper's path), and re-measured after a run of skips."""
+    review = CostCurve((1, 64), (1.0, 1.3))  # memory-bound reviewer
+    router = Router()
+    value = DraftValue()
+    sure = [0.97] * 10
+    for _ in range(WARMUP):
+        assert not router.go_direct(0, 1, value, review, 0, 0.0, sure)  # not measured yet
+        router.observe(0, {1: (1, 0.2)}, [1, 1, 1], 2)  # a step of level 1: 3 tokens, 2 accepted, 0.2 s
+    assert router.go_direct(0, 1, value, review, 0, 0.0, sure)  # 10 sure tokens at ~1.05 s beat 3 at 1.25 s
+    assert not router.go_direct(0, 1, value, review, 0, 0.0, [0.2, 0.1])  # a weak guess does not
+    assert direct_rate(value, review, 0, 0.0, []) == pytest.approx(1.0)  # nothing proposed: r reviews alone
+    # a drafter skipped again and again is measured once more
+    for _ in range(40):
+        if not router.go_direct(0, 1, value, review, 0, 0.0, sure):
+            break
+    else:
+        pytest.fail("a skipped drafter was never measured again")
+    assert router.decisions["measure"] >= WARMUP + 1
+
+
+def test_routing_goes_around_the_drafter_on_copies():
+    """On a prompt that is copied, the suffix drafter's long confident matches go straight to the target;
+    the drafter's passes drop against the same cascade unrouted, and the output is the same."""
+    target, drafters = _family(tiny.causal)
+    T, D = tiny.wrap(target, "t"), tiny.wrap(drafters[0], "d")
+    ref = _reference(target, PROMPTS[1], 30)
+    prompt = PROMPTS[1] + ref + PROMPTS[1]  # the target will now write ref again: a copy
+    cal = _calibration(high=0.97, low=0.3)
+    routed = _routed(T, D, cal=cal)
+    unrouted = Cascade(T, [D, SuffixDrafter(cal)], CascadeConfig.make(K, dynamic=True, costs=[MEMORY, CHEAP, None]))
+    for _ in range(2):  # the second generation starts with measured paths
+        a, b = routed.generate(prompt, 30), unrouted.generate(prompt, 30)
+    assert a.tokens == b.tokens == _reference(target, prompt, 30)
+    assert a.metrics.routes["direct"] > 0
+    assert a.metrics.levels[1].forward_passes < b.metrics.levels[1].forward_passes
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def _routed_table(lenience: float = 1.0):
+    def make():
+        t, ds = table_lm.family()
+        # confidences under which the router goes around the drafter about as often as through it
+        cal = _calibration(high=0.75, low=0.45)
+        return Cascade(t, [ds[0], SuffixDrafter(cal)], CascadeConfig.make(
+            [[2, 3], [0, 2]], lenience=lenience, dynamic=True, costs=[MEMORY, CHEAP, None], route=True))
+    return make
+
+
+def _counts(make, cfg: SamplingConfig, n: int) -> tuple[Counter, Counter]:
+    cascade = make()
+    counts, decisions = Counter(), Counter()
+    for seed in range(n):
+        r = cascade.generate(PROMPT, 3, SamplingConfig(True, cfg.temperature, cfg.top_k, cfg.top_p, seed))
+        counts[tuple(r.tokens)] += 1
+        decisions.update({k: v for k, v in r.metrics.routes.items() if k != "seconds"})
+    return counts, decisions
+
+
+ROUTED = {
+    "routed, temperature 0.9": (_routed_table(), SamplingConfig(True, 0.9)),
+    "routed, lenience 3, top-p 0.9": (_routed_table(3.0), SamplingConfig(True, 1.0, top_p=0.9)),
+}
+
+
+@pytest.mark.slow  # N_RUNS = 60,000 seeded generations per configuration
+@pytest.mark.parametrize("name", list(ROUTED))
+def test_routed_sampling_matches_target_distribution(name):
+    make, cfg = ROUTED[name]
+    exact = exact_distribution(make().target, cfg)
+    counts, decisions = _counts(make, cfg, N_RUNS)
+    assert decisions["direct"] > 0 and decisions["via"] + decisions["measure"] > 0, decisions  # both paths taken
+    p = chi_square_pvalue(counts, exact, N_RUNS)
+    assert p > ALPHA, f"{name}: chi-square p-value {p:.2e}"
+
+
+def _direct_tokens_claimed_sampled(monkeypatch):
+    """Broken: the bottom's tokens that routing sends straight to the reviewer are labelled as if drawn
+    from a distribution (uniform) instead of proposed deterministically, so the reviewer accepts them with
+    min(1, p/q) instead of p: the output leans towards the suffix drafter's proposals."""
+    orig = engine.Cascade._peek
+
+    def peek(self, *a, **kw):
+        got = orig(self, *a, **kw)
+        if got is not None and got.direct:
+            v = self.target.info.vocab_size
+            got.qs = [np.full(v, 1.0 / v) for _ in got.tokens]
+        return got
+
+    monkeypatch.setattr(engine.Cascade, "_peek", peek)
+
+
+def _p_handed_up(monkeypatch):
+    """Broken: a lenient reviewer hands its own p upward instead of the emission law r."""
+    monkeypatch.setattr(acceptance, "emission", lambda p, a: p)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("breakage", [_direct_tokens_claimed_sampled, _p_handed_up],
+                         ids=["direct tokens claimed sampled", "p handed up"])
+def test_routed_sampling_test_rejects_broken_cascades(monkeypatch, breakage):
+    make, cfg = ROUTED["routed, lenience 3, top-p 0.9"]
+    exact = exact_distribution(make().target, cfg)
+    breakage(monkeypatch)
+    counts, _ = _counts(make, cfg, N_RUNS // 2)
+    p = chi_square_pvalue(counts, exact, N_RUNS // 2)
+    assert p < ALPHA, f"the broken routed cascade passed the exactness test (p = {p:.3g})"
