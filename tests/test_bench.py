@@ -484,6 +484,9 @@ def test_settings_change_is_refused(tmp_path):
     _check_settings(tmp_path, s)  # same settings: fine
     with pytest.raises(CSDraftingError, match="max_new_tokens"):
         _check_settings(tmp_path, {**s, "max_new_tokens": 128})
+    # a run from before every record held both timings is not resumed into a mix
+    with pytest.raises(CSDraftingError, match="timings"):
+        _check_settings(tmp_path, {**s, "timings": ["decode", "e2e"]})
 
 
 def test_run_json_from_before_the_renames_resumes(tmp_path):
@@ -652,3 +655,332 @@ def test_also_configs_and_the_suffix_drafter_run_as_bench_rows(tmp_path):
     assert ex.cascade(csd.resolve(), "another method").drafters[0] is not d1_
     with pytest.raises(CSDraftingError, match="not the bench's target"):
         build_methods(spec, ["plain"], also=[("x", CascadeSpec(target=str(paths["D"])))])
+
+
+# ------------------------------------------------------------------------------------------------ conversations,
+# both timings, the per-workload headline
+
+
+SEP = [4, 5, 1]  # what a tiny "chat template" puts between an answer and the next user turn
+
+
+def _render(prompt, answers):
+    """Turn k+1 as a chat template makes it: the first turn's ids, each answer, a separator."""
+    out = list(prompt.ids)
+    for a in answers:
+        out += list(a) + SEP
+    return out
+
+
+def _conversations(n_eval=2, n_cal=0, ds="specbench-mt_bench"):
+    rng = np.random.default_rng(7)
+    out = []
+    for phase, n in ((CALIBRATION, n_cal), (EVAL, n_eval)):
+        for i in range(n):
+            out.append(PromptIds(phase, ds, f"{ds}/{phase}/{i}", tuple(int(x) for x in rng.integers(1, 6, 9)),
+                                 "writing", "mt_bench", ("first question", "second question")))
+    return out
+
+
+def _run_conv(tmp_path, executor, methods, prompts, timing="decode"):
+    units = plan(methods, prompts)
+    store = RecordStore(tmp_path / "records.jsonl")
+    pool = ExecutorPool({ENGINE: lambda: executor}, log=lambda m: None)
+    n = execute(units, methods, {(p.phase, p.dataset, p.id): p for p in prompts}, store, pool, max_new_tokens=12,
+                timing=timing, progress=False, warn=lambda m: None, render=_render)
+    return n, units
+
+
+CONV_SPEC = CascadeSpec(target=T, drafters=[D, "suffix"], k=[[3, 6], [0, 4]],
+                        drafter_settings={"suffix": {"calibration": None}})
+
+
+def test_a_conversation_keeps_its_cache_and_answers_as_a_cold_run_would(tmp_path):
+    """Turn 2 runs on the same Cascade with keep_cache: the target evaluates fewer tokens than a cold run
+    of the same turn-2 prompt, and the tokens are the cold run's."""
+    methods = build_methods(CONV_SPEC, methods=("csd", "oracle"), calibrate=False)
+    ex = _executor()
+    ex.spec = CONV_SPEC
+    prompts = _conversations()
+    n, units = _run_conv(tmp_path, ex, methods, prompts)
+    assert n == len(units) == 3 * 2
+    recs = {r["key"]: r for r in _lines(tmp_path / "records.jsonl")}
+    for r in recs.values():
+        t1, t2 = r["turns"]
+        prompt = next(p for p in prompts if p.id == r["prompt_id"])
+        turn2 = _render(prompt, [t1["tokens"]])
+        assert t2["prompt_tokens"] == len(turn2) and r["prompt_tokens"] == len(prompt.ids)
+        assert r["tokens"] == t1["tokens"] + t2["tokens"] and r["new_tokens"] == 24
+        cold = ex.run(next(m for m in methods if m.name == r["method"]), r["params"], turn2, 12,
+                      recs[f"eval|{r['dataset']}|{r['prompt_id']}|plain"]["turns"][1]["tokens"])
+        assert t2["tokens"] == cold.tokens
+        assert t2["target_tokens_evaluated"] < cold.metrics.levels[0].tokens_evaluated
+        # the kept cache held turn 1's prompt and answer (but the answer's last token, never fed back): the
+        # target skips exactly those, and does the same decoding work as the cold run
+        saved = len(prompt.ids) + len(t1["tokens"]) - 1
+        assert cold.metrics.levels[0].tokens_evaluated - t2["target_tokens_evaluated"] == saved
+        if r["method"] != "plain":
+            assert r["exactness"] == "identical" and [t["exactness"] for t in r["turns"]] == ["identical"] * 2
+        # totals are the turns' sums (Spec-Bench's speed.py): tokens/s = all tokens / all seconds
+        assert r["e2e_seconds"] == pytest.approx(t1["e2e_seconds"] + t2["e2e_seconds"])
+        assert r["decode_tokens_per_second"] == pytest.approx(24 / (t1["decode_seconds"] + t2["decode_seconds"]))
+    oracle = next(r for r in recs.values() if r["method"] == "oracle")
+    assert oracle["metrics"]["levels"][1]["accepted"] == oracle["metrics"]["levels"][1]["drafted"] > 12
+
+
+def test_both_timings_are_recorded_and_timing_picks_the_headline(tmp_path):
+    methods = build_methods(SPEC, methods=("csd",), calibrate=False)
+    for timing in ("decode", "e2e"):
+        out = tmp_path / timing
+        _run_conv(out, _executor(), methods, _prompts(n_cal=0, n_eval=1, datasets=("mmlu",)), timing=timing)
+        for r in _lines(out / "records.jsonl"):
+            assert "turns" not in r and r["timing"] == timing  # a single turn keeps the old record shape
+            assert r["e2e_seconds"] == pytest.approx(r["prefill_seconds"] + r["decode_seconds"])
+            assert r["prefill_seconds"] > 0 and r["decode_seconds"] > 0
+            assert r["e2e_tokens_per_second"] == pytest.approx(r["new_tokens"] / r["e2e_seconds"])
+            assert r["decode_tokens_per_second"] == pytest.approx(r["new_tokens"] / r["decode_seconds"])
+            assert r["tokens_per_second"] == r[f"{timing}_tokens_per_second"]
+            assert r["seconds"] == r["e2e_seconds" if timing == "e2e" else "decode_seconds"]
+            curve = r["target_cost_curve"]  # measured once at warmup, kept with every engine record
+            assert curve["ns"][0] == 1 and len(curve["seconds"]) == len(curve["ns"]) and "measured" in curve["source"]
+
+
+class Stalls:
+    """An engine executor whose conversations stall (or crash) in turn 2 of one chosen prompt."""
+
+    family = ENGINE
+
+    def __init__(self, inner, prompt_id, marker=None, crash=False):
+        self.inner, self.prompt_id, self.marker, self.crash = inner, prompt_id, marker, crash
+        self.turns = 0
+
+    def conversation(self, method, params):
+        inner, outer = self.inner.conversation(method, params), self
+
+        class Turns:
+            def turn(self, prompt, max_new, reference):
+                outer.turns += 1
+                if inner.turns == 1 and tuple(prompt[:9]) == outer.target_ids:
+                    if outer.crash:
+                        raise RuntimeError("simulated crash in turn 2")
+                    Path(outer.marker).write_text("in turn 2")
+                    time.sleep(60)
+                return inner.turn(prompt, max_new, reference)
+
+        return Turns()
+
+    def examine(self, *a):
+        return self.inner.examine(*a)
+
+    def warmup(self):
+        self.inner.warmup()
+
+    def close(self):
+        pass
+
+
+CONV_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+import test_bench as tb
+from pathlib import Path
+out = Path({out!r})
+methods = tb.build_methods(tb.SPEC, methods=("csd",), calibrate=False)
+prompts = tb._conversations(n_eval=3)
+ex = tb.Stalls(tb._executor(), prompts[1].id, marker={marker!r})
+ex.target_ids = prompts[1].ids
+tb._run_conv(out, ex, methods, prompts)
+"""
+
+
+def test_resume_after_a_kill_in_the_middle_of_a_conversation(tmp_path):
+    """Killed in turn 2: the conversation in flight leaves no record, the resume runs it from its first
+    turn, and every unit ends with exactly one record."""
+    marker = tmp_path / "in-turn-2"
+    code = CONV_CHILD.format(tests=str(Path(__file__).parent), out=str(tmp_path), marker=str(marker))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not marker.exists():
+            time.sleep(0.05)
+        assert marker.exists(), proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    methods = build_methods(SPEC, methods=("csd",), calibrate=False)
+    prompts = _conversations(n_eval=3)
+    before = _lines(tmp_path / "records.jsonl")
+    # plain and csd of the first prompt; plain's turn 2 of the second was in flight
+    assert [(r["prompt_id"], r["method"]) for r in before] == [(prompts[0].id, "plain"), (prompts[0].id, "csd")]
+    again = Stalls(_executor(), None)
+    again.target_ids = ()
+    n, units = _run_conv(tmp_path, again, methods, prompts)
+    assert n == len(units) - 2 and again.turns == 2 * n  # the interrupted conversation ran both turns again
+    recs = _lines(tmp_path / "records.jsonl")
+    assert sorted(r["key"] for r in recs) == sorted(u.key for u in units)
+    assert all(len(r["turns"]) == 2 and r["exactness"] in (None, "identical") for r in recs)
+    # a crash (not a kill) in turn 2 likewise records nothing for that conversation
+    crash = Stalls(_executor(), None, crash=True)
+    crash.target_ids = prompts[0].ids
+    with pytest.raises(RuntimeError, match="turn 2"):
+        _run_conv(tmp_path / "crash", crash, methods, prompts)
+    assert not (tmp_path / "crash" / "records.jsonl").exists()
+
+
+def _timed(ds, pid, method, decode, e2e, tokens=(1, 2), group="", **kw):
+    r = _rec(ds, pid, method, decode, list(tokens), [_level(0, "T", "target", 100, 10)], **kw)
+    r.update(group=group, timing="decode", decode_tokens_per_second=decode, e2e_tokens_per_second=e2e)
+    return r
+
+
+CURVE = {"ns": [1, 2, 4], "seconds": [0.1, 0.15, 0.25], "prefill": [0, 0], "source": "measured at start"}
+
+
+def _workloads():
+    """specbench: p0, p1 in group qa, p2 in rag; plus old-style humaneval records (one timing only)."""
+    out = []
+    bin_ = dict(baseline="llama-cpp-plain", family_="llamacpp-bin")
+    rows = {  # method: (decode rates, e2e rates)
+        "plain": ([10, 20, 30], [8, 16, 24]), "csd": ([15, 20, 90], [12, 16, 48]), "oracle": ([20, 40, 60], [16, 32, 48]),
+        "llama-cpp-plain": ([12, 12, 12], [10, 10, 10]), "llama-cpp-ngram-mod": ([24, 12, 30], [20, 10, 12]),
+        "llama-cpp-ngram-map-k": ([18, 24, 15], [15, 20, 30]),
+    }
+    for m, (dec, e2e) in rows.items():
+        for i, g in enumerate(("qa", "qa", "rag")):
+            kw = bin_ if m.startswith("llama-cpp") else {"params": {"draft_length": 32}} if m == "oracle" else {}
+            r = _timed("specbench", f"p{i}", m, dec[i], e2e[i], tokens=(9, 9) if (m, i) == ("csd", 1) else (1, 2),
+                       group=g, **kw)
+            if (m, i) == ("csd", 1):
+                r["exactness"] = "tie"
+            if r["family"] == "engine":
+                r["target_cost_curve"] = CURVE
+            out.append(r)
+    for m, tps in (("plain", 10.0), ("csd", 14.0)):  # a run from before both timings were recorded
+        out.append(_rec("humaneval", "h0", m, tps, [1], [_level(0, "T", "target", 100, 10)]) | {"timing": "e2e"})
+    return out
+
+
+def test_headline_tables_per_workload_and_group_with_paired_medians():
+    from csdrafting.bench.headline import headline_tables, sections
+
+    recs = _workloads()
+    assert [s.title for s in sections(recs)] == ["specbench", "specbench / qa", "specbench / rag", "humaneval"]
+    md = "\n".join(headline_tables(recs, ["plain", "csd", "oracle"]))
+    spec = md.split("### specbench\n")[1].split("###")[0]
+    # csd decode: 15/10, 20/20, 90/30 over plain; over the per-prompt best n-gram mode 15/24, 20/24, 90/30
+    # e2e: 12/8, 16/16, 48/24 over plain; 12/20, 16/20, 48/30 over the best n-gram (mod, map-k, map-k)
+    assert ("| csd | 3 | 20.00 | 1.50x (1.00–3.00) | 0.83x (0.62–3.00) | 16.00 | 1.50x (1.00–2.00) "
+            "| 0.80x (0.60–1.60) | 2 / 1 / 0 |") in spec
+    assert "| oracle (k=32) | 3 | 40.00 | 2.00x (2.00–2.00) |" in spec
+    assert "| plain | 3 | 20.00 | 1.00x (1.00–1.00) |" in spec and spec.index("| plain |") < spec.index("| csd |")
+    # the best mode per prompt: decode 24, 24, 30 and e2e 20, 20, 30, over llama-cpp-plain's 12 and 10
+    assert ("| llama.cpp best n-gram (per prompt) | 3 | 24.00 | 2.00x (2.00–2.50) |  | 20.00 | 2.00x (2.00–3.00) |  | |"
+            in spec)
+    assert "| llama-cpp-ngram-mod | 3 | 24.00 | 2.00x (1.00–2.50) |  |" in spec
+    assert "- csd: 50% of the oracle's decode speedup over plain (1.50x of 2.00x, medians)" in spec
+    qa = md.split("### specbench / qa\n")[1].split("###")[0]
+    assert "| csd | 2 | 17.50 | 1.25x (1.00–1.50) | 0.73x (0.62–0.83) |" in qa and "| 1 / 1 / 0 |" in qa
+    rag = md.split("### specbench / rag\n")[1].split("###")[0]
+    assert "| csd | 1 | 90.00 | 3.00x | 3.00x | 48.00 | 2.00x | 1.60x | 1 / 0 / 0 |" in rag
+    old = md.split("### humaneval\n")[1]
+    assert "| csd | 1 | – | – | – | 14.00 | 1.40x | – | 1 / 0 / 0 |" in old  # only its own (e2e) timing, no peers
+    # the target's cost curve beside the result: one curve, used by the 9 engine records
+    assert "measured at start; used by 9 record(s):" in md
+    assert "| ms | 100.0 | 150.0 | 250.0 |" in md and "| × one token | 1.00 | 1.50 | 2.50 |" in md
+
+
+def test_several_specbench_groups_are_also_pooled(tmp_path):
+    from csdrafting.bench.headline import sections
+
+    recs = [_timed(f"specbench-{g}", f"{g}{i}", "plain", 10, 8, group=g) for g in ("qa", "rag") for i in range(2)]
+    assert [(s.title, len(s.records)) for s in sections(recs)] == [
+        ("specbench-qa", 2), ("specbench-rag", 2), ("Spec-Bench groups pooled (qa, rag)", 4)]
+    path, _ = write_summary(_workloads(), tmp_path, {"suite": "test"}, order=["plain", "csd", "oracle"])
+    md = path.read_text()
+    assert md.index("## Headline per workload") < md.index("## Results") and "EXACTNESS" not in md
+
+
+class _CharModel:
+    """One token per character, a chat template that writes every message: enough to follow turns."""
+
+    class Tok:
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(chr(i) for i in ids)
+
+        def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def __init__(self):
+        from csdrafting.protocol import ModelInfo
+
+        self.tokenizer = self.Tok()
+        self.info = ModelInfo("chars", 0x110000, 1, frozenset([3]))
+
+
+def test_conversation_sets_carry_their_turns_and_later_turns_follow_the_own_answer(tmp_path):
+    from csdrafting.bench.prompts import chat_render, prepare_prompts
+
+    model = _CharModel()
+    got, _ = prepare_prompts(tmp_path, ["specbench-mt_bench", "mtbench", "codeedit-lib"], limit=1, cal=0,
+                             tokenizer_model=lambda: model)
+    by = {p.dataset: p for p in got}
+    assert len(by["specbench-mt_bench"].turns) == 2 and by["specbench-mt_bench"].group == "mt_bench"
+    assert len(by["mtbench"].turns) == 1  # the old set stays first-turn-only
+    assert by["codeedit-lib"].group == "codeedit-lib" and by["codeedit-lib"].category
+    p = by["specbench-mt_bench"]
+    assert p.ids == tuple(ord(c) for c in f"<user>{p.turns[0]}<assistant>")
+    again, _ = prepare_prompts(tmp_path, ["specbench-mt_bench"], limit=1, cal=0, tokenizer_model=None)
+    assert again[0] == p  # cached, turns and group included
+    calls = []
+    render = chat_render(lambda: calls.append(1) or model)
+    answer = [ord(c) for c in "my answer"] + [3]  # ends with the end-of-turn token: the template writes its own
+    ids = render(p, [answer])
+    assert ids == [ord(c) for c in f"<user>{p.turns[0]}<assistant>my answer<user>{p.turns[1]}<assistant>"]
+    assert ids[: len(p.ids) + 9] == list(p.ids) + answer[:-1]  # turn 2 starts with turn 1 and its answer
+    render(p, [answer])
+    assert calls == [1]  # the tokenizer's model is asked for once
+
+
+def test_transformers_peer_times_its_prompt_pass_apart():
+    """transformers' prompt pass yields the first token: decode-only is the rest, every token priced at the
+    rate of the others (as llama-completion's figure is read); with one token there is nothing apart."""
+    from types import SimpleNamespace
+
+    from csdrafting.bench.executors import HFExecutor
+
+    ex = HFExecutor.__new__(HFExecutor)  # no weights: only the arithmetic of its metrics
+    ex.target_ref, ex.n_params = "qwen2.5-coder-0.5b:Q4_K_M", 100
+    ex.log = SimpleNamespace(passes=[(0, [7, 7, 7]), (3, [1]), (4, [2]), (5, [3]), (6, [4])], seconds=4.8)
+    m = ex._metrics(None, [7, 7, 7], [1, 2, 3, 4, 5], seconds=5.0, first=1.4)
+    assert m.seconds == 5.0 and m.decode_seconds == pytest.approx((5.0 - 1.4) * 5 / 4)
+    assert m.prefill_seconds == pytest.approx(0.5) and m.decode_tokens_per_second == pytest.approx(5 / 4.5)
+    one = ex._metrics(None, [7, 7, 7], [1], seconds=2.0, first=2.0)
+    assert one.decode_seconds == 2.0 and one.prefill_seconds == 0.0
+
+
+@pytest.mark.parametrize("turn, margin, verdict", [(0, -0.05, "mismatch"), (1, -0.05, "tie"), (1, 0.2, "tie"),
+                                                   (1, -0.5, "mismatch")])
+def test_a_later_turn_on_a_kept_cache_is_a_tie_within_the_noise_whichever_token_the_replay_prefers(
+        monkeypatch, turn, margin, verdict):
+    """The cold replay of a later turn has neither method's cache history: when it prefers the method's
+    token (a negative margin) the first-turn rule would call it a mismatch; within the noise it is a tie."""
+    import csdrafting.exactness as exm
+
+    def fake(model, prompt, reference, candidate, threshold, split_last=False):
+        reason = "replaying plain decoding chose 9, not 8" if margin < 0 else ""
+        return exm.Divergence(exm.MISMATCH if margin < 0 or margin > threshold else exm.TIE, 0, 8, 9,
+                              (1.0 + margin, 1.0), (1.0, 1.0), threshold, reason)
+
+    monkeypatch.setattr(exm, "examine", fake)
+    monkeypatch.setattr(exm, "noise_threshold", lambda model: 0.3)
+    ex = _executor()
+    d = ex.examine([1, 2], [8], [9], turn=turn)
+    assert d.verdict == verdict
+    if turn and verdict == "tie" and margin < 0:
+        assert "cache kept from the earlier turns" in d.reason and "chose 9" in d.reason

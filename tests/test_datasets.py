@@ -312,3 +312,68 @@ def test_vendored_files_ship_with_their_licence(folder, data, licence):
     patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["csdrafting"]
     for name in (data, "LICENSE", "README.md"):
         assert any(fnmatch.fnmatch(f"data/{folder}/{name}", pat) for pat in patterns), name
+
+
+# ------------------------------------------------------------------------------------------------ codeedit-lib
+# Reads two pinned wheels (more-itertools, requests), fetched once from the package registry.
+
+
+@pytest.fixture(scope="module")
+def lib_edits():
+    return {s: load("codeedit-lib", chat, split=s) for s in ("all", "eval", "calibration")}
+
+
+def test_codeedit_lib_counts_partition_and_ids(lib_edits):
+    everything, ev, cal = lib_edits["all"], lib_edits["eval"], lib_edits["calibration"]
+    assert len(everything) == len({p.id for p in everything}) == 170
+    assert len(cal) == 39 and len(ev) == 131  # pinned: the partition must never move
+    assert {p.id for p in ev} | {p.id for p in cal} == {p.id for p in everything}
+    assert all(split_of("codeedit-lib", p.id) == "calibration" for p in cal)
+    assert load("codeedit-lib", chat) == ev and load("codeedit-lib", chat, limit=3) == ev[:3]
+    ids = [p.id for p in everything]
+    assert ids[:3] == ["more-itertools/more_itertools/more.py:chunked", "more-itertools/more_itertools/more.py:first",
+                       "more-itertools/more_itertools/more.py:last"]
+    assert sum(i.startswith("more-itertools/") for i in ids) == 131 and ids[-1] == "requests/requests/utils.py:rewind_body"
+    # `last` neither formats strings nor raises with a message: the rotation goes round to type_hints
+    assert [p.category for p in everything[:5]] == ["type_hints", "rename", "document", "type_hints", "rename"]
+    from collections import Counter
+
+    assert Counter(p.category for p in everything) == {"type_hints": 53, "rename": 51, "document": 53,
+                                                        "error_message": 12, "f_strings": 1}
+
+
+def test_codeedit_lib_prompts_hold_a_whole_function_and_a_fitting_instruction(lib_edits):
+    import ast
+
+    for p in lib_edits["all"]:
+        user = p.turns[0]
+        assert p.text == chat(user) and p.group == "codeedit-lib" and not p.reference
+        package, rest = p.id.split("/", 1)
+        module, name = rest.split(":")
+        assert user.startswith(f"Here is a function from {package} ") and f"({module}):" in user
+        code = user.split("```python\n", 1)[1].split("\n```\n", 1)[0]
+        tree = ast.parse(code)
+        (fn,) = tree.body
+        assert isinstance(fn, ast.FunctionDef) and fn.name == name
+        assert 15 <= len(code.splitlines()) <= 80
+        instruction = user.split("\n```\n\n", 1)[1]
+        assert instruction.endswith("Return the complete rewritten function in one Python code block.")
+        names = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)}
+        params = {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs}
+        if p.category == "rename":
+            old, new = re.search(r"parameter `(\w+)` to `(\w+)`", instruction).groups()
+            assert old in params and old in names and new not in names | params
+        elif p.category == "type_hints":
+            assert fn.returns is None and all(a.annotation is None for a in fn.args.args)
+        elif p.category == "error_message":
+            exc = re.search(r"every `(\w+)`", instruction).group(1)
+            assert f"raise {exc}(" in code and f"`{name}: `" in instruction
+        elif p.category == "f_strings":
+            assert "%" in code or ".format(" in code
+        else:
+            assert p.category == "document" and "comments" in instruction
+
+
+def test_codeedit_lib_needs_chat_format():
+    with pytest.raises(CSDraftingError, match="chat_format"):
+        load("codeedit-lib")

@@ -146,15 +146,14 @@ def test_bench_classify_examines_engine_divergences_and_counts_peer_ones():
     plain, cascade = _outputs(model)
 
     class Engine:  # what EngineExecutor.examine does, on the fake target with a measured threshold
-        def examine(self, prompt, reference, candidate, timing="e2e"):
-            return ex.examine(model, prompt, reference, candidate, 0.002, split_last=timing == "decode")
+        def examine(self, prompt, reference, candidate):
+            return ex.examine(model, prompt, reference, candidate, 0.002, split_last=True)
 
     base = {"tokens": plain}
     assert classify(Engine(), PROMPT, None, cascade) == (None, None)
     assert classify(Engine(), PROMPT, base, list(plain)) == (ex.IDENTICAL, None)
-    for timing in ("e2e", "decode"):
-        verdict, details = classify(Engine(), PROMPT, base, cascade, timing)
-        assert verdict == ex.TIE and details["position"] == TIE_AT and "TIE at generated token 9" in details["describe"]
+    verdict, details = classify(Engine(), PROMPT, base, cascade)
+    assert verdict == ex.TIE and details["position"] == TIE_AT and "TIE at generated token 9" in details["describe"]
     assert classify(object(), PROMPT, base, cascade) == (DIVERGENT, None)  # a peer cannot be examined
 
 

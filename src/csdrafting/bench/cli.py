@@ -6,6 +6,8 @@
     csdrafting bench full --summary-only         # rebuild summary.md and the plots from records.jsonl
     csdrafting bench quick --peers llama-cpp-ngram-map-k,llama-cpp-ngram-mod   # + llama.cpp's own programs
     csdrafting bench noise --model qwen2.5-coder-1.5b:Q4_K_M   # batch-shape noise: the tie threshold
+    csdrafting bench grounded                    # code edits and Spec-Bench's six groups beside llama.cpp's
+                                                 # ngram-mod / ngram-map-k (their programs build once, ~10 min)
 
 Output in --out (default runs/bench-<suite>/): records.jsonl (one record per prompt and method, written
 as it goes; rerun the same command to resume), prompts.json (the token ids every method was given),
@@ -23,15 +25,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import atomic_write
 from ..flags import add_cascade_args, spec_from_args
 from ..protocol import CSDraftingError, run_guarded
 from .. import datasets as ds_mod
 from .llamacpp_bin import BIN_BASELINE
 from .machine import machine, placement, versions
 from .methods import DEFAULT_GRIDS, ENGINE, ENGINE_METHODS, HF, LLAMA, LLAMA_BIN, PEERS, build_methods
-from .runner import CALIBRATION, EVAL, ExecutorPool, PromptIds, RecordStore, choose_lengths, exclusive, execute, plan
+from .prompts import chat_render, context_needed, prepare_prompts
+from .runner import CALIBRATION, EVAL, ExecutorPool, RecordStore, choose_lengths, exclusive, execute, plan
 from .summary import calibration_failures, exactness_failures, write_summary
+from .turns import TIMINGS
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ SUITES = {
     # (llama.cpp's own programs only on request, --peers llama-cpp-...: their first use builds them, ~10 min)
     "full": Suite(limit=10, calibration_prompts=2, max_new_tokens=128, peers=("llama-pld", "hf-assisted", "hf-pld"),
                   hf_limit=3),
+    # issue 14's workloads, where drafting can pay (input-grounded work) and Spec-Bench group by group, beside
+    # llama.cpp's own n-gram modes (5 eval prompts of each set, draft lengths calibrated on 1 prompt of each):
+    # about 340 runs of 128 tokens, roughly an hour here with the 1.5B Q4_K_M target (estimated, not timed)
+    "grounded": Suite(limit=5, calibration_prompts=1, max_new_tokens=128,
+                      peers=("llama-cpp-ngram-mod", "llama-cpp-ngram-map-k"), hf_limit=0,
+                      datasets=("codeedit", "codeedit-lib", *(f"specbench-{g}" for g in ds_mod.SPECBENCH_GROUPS))),
 }
 
 
@@ -81,10 +90,13 @@ def _names(choices):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csdrafting bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", nargs="?", choices=sorted(SUITES), help="quick (default) or full")
+    p.add_argument("suite", nargs="?", choices=sorted(SUITES), help="quick (default), full or grounded")
     p.add_argument("--suite", dest="suite_opt", choices=sorted(SUITES), help="the same, as an option")
     p.add_argument("--out", help="output directory (default runs/bench-<suite>)")
-    p.add_argument("--datasets", type=_names(tuple(ds_mod.DATASETS)), help="comma-separated: humaneval,mmlu,mtbench")
+    p.add_argument("--datasets", type=_names(tuple(ds_mod.DATASETS)),
+                   help=f"comma-separated (default humaneval,mmlu,mtbench): {','.join(ds_mod.DATASETS)}. specbench "
+                        "and specbench-<group> run Spec-Bench (its mt_bench questions as two-turn conversations); "
+                        "codeedit = EditEval, codeedit-lib = whole library functions to edit; mtbench = first turns")
     p.add_argument("--limit", type=int, help="eval prompts per dataset")
     p.add_argument("--calibration-prompts", type=int, help="calibration prompts per dataset for the draft-length grids (0: no grid)")
     p.add_argument("--max-new-tokens", type=int)
@@ -98,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in ("sd", "maxgram", "oracle", "llama-pld"):
         p.add_argument(f"--grid-{kind.replace('llama-', '')}", type=_ints, dest=f"grid_{kind.replace('-', '_')}",
                        help=f"draft lengths tried for {kind} (default {','.join(map(str, DEFAULT_GRIDS[kind]))})")
-    p.add_argument("--timing", choices=["e2e", "decode"], default="e2e",
-                   help="e2e (default): a generation's time includes the prompt's prefill; decode: each model is "
-                        "prefilled untimed first (engine methods and llama.cpp peers; transformers peers stay e2e)")
+    p.add_argument("--timing", choices=list(TIMINGS), default="decode",
+                   help="the headline figure (both are recorded for every run): decode (default: the prompt's "
+                        "prefill excluded, as llama.cpp's timers print it) or e2e (prefill included); it also "
+                        "decides the draft lengths chosen on calibration prompts")
     p.add_argument("--hf-target", help="target for the transformers peers (default: the cascade's target, float32)")
     p.add_argument("--hf-assistant", help="assistant for hf-assisted (default: the first sd drafter)")
     p.add_argument("--summary-only", action="store_true", help="only rebuild summary.md and the plots from records.jsonl")
@@ -119,9 +132,11 @@ NOTES = [
     "llama-cpp-* run llama.cpp's own programs (built from the pinned llama-cpp-python sdist's vendored source), one "
     "process per prompt, greedy, same prompt text and thread count: llama-cpp-plain is `llama-completion`, the others "
     "`llama-speculative-simple --spec-type ...`. Their tokens/s come from the programs' own printed timings "
-    "(`decoded N tokens in S seconds`; llama-completion's llama_perf `eval time` rate): with --timing decode the "
-    "decode time, else prompt prefill + decode; the process's model load is excluded (records keep it as "
-    "process_seconds and load_and_exit_seconds). Their printed text is re-tokenized for the comparisons, so a "
+    "(`decoded N tokens in S seconds`; llama-completion's llama_perf `eval time` rate, its first token priced at "
+    "that rate): decode-only is the decode time, end to end the printed prompt time plus it; the process's model "
+    "load is excluded (records keep it as process_seconds and load_and_exit_seconds). Each turn of a conversation "
+    "is a new process: its end-to-end time includes prefilling the whole conversation, where engine methods keep "
+    "the first turn's KV cache (as the server's --reuse-prefix does). Their printed text is re-tokenized for the comparisons, so a "
     "difference may also be a different tokenization of the same text.",
     "oracle = the target's own greedy output (from `plain` on the same prompt) offered as a free k-token draft: "
     "the ceiling of any drafter at this verification cost.",
@@ -143,7 +158,8 @@ def _check_settings(out: Path, settings: dict) -> None:
     settings = json.loads(json.dumps(settings))  # compare as stored: tuples become lists
     if path.exists():
         old = _normalized(json.loads(path.read_text())["settings"])
-        diff = [k for k in ("spec", "max_new_tokens", "timing", "hf_target", "hf_assistant") if old.get(k) != settings.get(k)]
+        keys = ("spec", "max_new_tokens", "timing", "timings", "hf_target", "hf_assistant")
+        diff = [k for k in keys if old.get(k) != settings.get(k)]
         old_m = {m["name"]: m for m in old.get("methods", [])}
         diff += [f"method {m['name']}" for m in settings["methods"] if m["name"] in old_m and old_m[m["name"]] != m]
         if diff:
@@ -177,42 +193,6 @@ def _archive(out: Path) -> None:
         for n in present:
             (out / n).rename(dest / n)
         print(f"moved earlier results to {dest}", file=sys.stderr)
-
-
-def prepare_prompts(out: Path, datasets: list[str], limit: int, cal: int, tokenizer_model) -> tuple[list[PromptIds], list[int]]:
-    """Prompt token ids, cached in prompts.json so a resumed run feeds every method the same ids.
-
-    `tokenizer_model` is called (loading the target) only when some prompt is not cached yet.
-    """
-    from ..text import chat_prompt, encode
-
-    path = out / "prompts.json"
-    cache = json.loads(path.read_text()) if path.exists() else {"eos": None, "prompts": []}
-    have = {(p["phase"], p["dataset"], p["id"]): p for p in cache["prompts"]}
-    model = None
-    result: list[PromptIds] = []
-    for phase, n in ((CALIBRATION, cal), (EVAL, limit)):
-        if n <= 0:
-            continue
-        for ds in datasets:
-            # the split membership and order depend only on ids, never on the chat format
-            items = ds_mod.load(ds, lambda u: u, limit=n, split=phase)
-            for it in items:
-                key = (phase, ds, it.id)
-                if key not in have:
-                    if model is None:
-                        model = tokenizer_model()
-                    text = it.text if it.messages is None else chat_prompt(model, it.messages[0][1])
-                    have[key] = {"phase": phase, "dataset": ds, "id": it.id, "category": it.category,
-                                 "ids": encode(model, text)}
-                p = have[key]
-                result.append(PromptIds(phase, ds, p["id"], tuple(p["ids"]), p.get("category", "")))
-    if model is not None:
-        cache["eos"] = sorted(model.info.eos_token_ids)
-        cache["tokenizer"] = model.info.label
-        cache["prompts"] = list(have.values())
-        atomic_write(path, json.dumps(cache) + "\n")
-    return result, cache["eos"] or []
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -253,7 +233,8 @@ class RunPlan:
 
     def settings(self, spec, timing: str) -> dict:
         """What run.json pins (a resume with other settings is refused)."""
-        return {"spec": spec.to_json(), "max_new_tokens": self.max_new, "timing": timing,
+        # timings: what every record holds (runs from before both were recorded are not resumed)
+        return {"spec": spec.to_json(), "max_new_tokens": self.max_new, "timing": timing, "timings": list(TIMINGS),
                 "hf_target": self.hf_target if any(m.family == HF for m in self.methods) else None,
                 "hf_assistant": self.hf_assistant if "hf-assisted" in self.order else None,
                 "methods": [m.to_json() for m in self.methods]}
@@ -316,8 +297,7 @@ def run(args: argparse.Namespace, spec, argv) -> int:
 
         prompts, eos = prepare_prompts(out, p.datasets, p.limit, p.calibration, tokenizer_model)
         eos_box.extend(eos)
-        longest = max((len(x.ids) for x in prompts), default=0)
-        n_ctx_box.append(min(spec.n_ctx, -(-(longest + p.max_new + 64) // 256) * 256))
+        n_ctx_box.append(min(spec.n_ctx, -(-context_needed(prompts, p.max_new) // 256) * 256))
         units = plan(methods, prompts, p.hf_limit)
         pending = sum(u.key not in store for u in units)
         print(f"# {len(units)} runs planned, {len(units) - pending} already recorded, {pending} to go", file=sys.stderr)
@@ -325,7 +305,8 @@ def run(args: argparse.Namespace, spec, argv) -> int:
         finished = False
         try:
             execute(units, methods, {(x.phase, x.dataset, x.id): x for x in prompts}, store, pool, p.max_new,
-                    args.timing, progress=not args.no_progress, extra={"suite": args.suite})
+                    args.timing, progress=not args.no_progress, extra={"suite": args.suite},
+                    render=chat_render(tokenizer_model))
             finished = True
         finally:
             pool.close()
@@ -368,6 +349,14 @@ def _pool(p: RunPlan, spec) -> tuple[ExecutorPool, list[int], list[int]]:
     return pool, eos_box, n_ctx_box
 
 
+def _timing_line(settings: dict) -> str:
+    head = {"e2e": "end to end (tokens/s include the prompt's prefill)",
+            "decode": "decoding only (the prompt's prefill excluded)"}.get(settings.get("timing"), "?")
+    if settings.get("timings"):
+        return f"headline {head}; every record holds both (the tables below show both where they say so)"
+    return f"{head} (a run from before both timings were recorded: the other one is missing)"
+
+
 def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool = False) -> int:
     """Write summary.md and the plots from records.jsonl; print it; 1 if an exact method mismatched."""
     path = out / "records.jsonl"
@@ -393,8 +382,7 @@ def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool
         "target": spec.get("target"),
         "models": "; ".join(f"{n} ({k})" for n, k in names.items()),
         "generation": f"greedy, max_new_tokens {settings.get('max_new_tokens', '?')}",
-        "timing": {"e2e": "end to end (tokens/s include each model's prompt prefill)",
-                   "decode": "decoding only (prompt prefilled untimed; transformers peers end to end)"}.get(settings.get("timing"), "?"),
+        "timing": _timing_line(settings),
         "records": f"{sum(r['phase'] == EVAL for r in records)} eval + {sum(r['phase'] == CALIBRATION for r in records)} calibration",
         "notes": NOTES,
     }

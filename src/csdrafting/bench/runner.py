@@ -1,13 +1,16 @@
 """Running a benchmark: units of work, a JSONL record store that survives being killed, and the loop.
 
-A unit is one (phase, dataset, prompt, method variant). Phase "calibration" runs every point of a
+A unit is one (phase, dataset, prompt, method variant); a conversation (a prompt with several user
+turns) is one unit whose turns run in order (turns.py). Phase "calibration" runs every point of a
 method's draft-length grid on calibration-split prompts; phase "eval" runs each method once, with the
-length that calibration chose for that dataset (best aggregate tokens/s), on eval-split prompts.
+length that calibration chose for that dataset (best aggregate tokens/s by the run's headline timing),
+on eval-split prompts.
 
 Resume: every finished unit is appended to records.jsonl as one line, flushed and fsynced before the
 next unit starts. A run that is killed loses at most the unit in flight; a line cut short by the kill is
 dropped (and the file rewritten without it) when the store is opened again, so each unit ends up with
-exactly one record. Units already recorded are skipped.
+exactly one record. Units already recorded are skipped; a conversation killed between its turns is
+run again from its first turn.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from ..exactness import IDENTICAL, MISMATCH, TIE, first_difference
 from ..files import atomic_write
 from ..protocol import CSDraftingError
 from .methods import HF, Method
+from .turns import DIVERGENT, DECODE, Render, classify, record_fields, run_turns, turns_of
+
+__all__ = ["CALIBRATION", "DIVERGENT", "EVAL", "Executor", "ExecutorPool", "PromptIds", "RecordStore", "Unit",
+           "choose_lengths", "classify", "execute", "plan"]
 
 CALIBRATION, EVAL = "calibration", "eval"
 
@@ -54,8 +61,10 @@ class PromptIds:
     phase: str
     dataset: str
     id: str
-    ids: tuple[int, ...]
+    ids: tuple[int, ...]  # the first turn's
     category: str = ""
+    group: str = ""  # the reporting group (a Spec-Bench group; else the dataset's own name)
+    turns: tuple[str, ...] = ()  # the user turns run as a conversation (empty or one: a single generation)
 
 
 # ------------------------------------------------------------------------------------------------ records
@@ -194,10 +203,13 @@ def choose_lengths(methods: Sequence[Method], records: Iterable[dict]) -> dict[t
 
 
 class Executor(Protocol):
+    """Runs one generation (`run`); may also offer `conversation(method, params)` (an object whose
+    `turn(prompt, max_new, reference)` keeps state between turns), `examine` (tie or mismatch) and
+    `cost_curve()` (the target's, recorded with every record)."""
+
     family: str
 
-    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None,
-            timing: str = "e2e"): ...
+    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None): ...
 
     def warmup(self) -> None: ...
 
@@ -232,28 +244,6 @@ class ExecutorPool:
         self.live.clear()
 
 
-DIVERGENT = "divergent"  # differs from its baseline, not examined (a peer's own code and backend)
-
-
-def classify(executor, prompt: list[int], base: dict | None, tokens: list[int],
-             timing: str = "e2e") -> tuple[str | None, dict | None]:
-    """(exactness verdict, divergence details) of one output against its baseline's record.
-
-    None when there is no baseline to compare with; IDENTICAL when equal; otherwise the executor's own
-    `examine` (engine methods: the target's logits at the first differing token) decides TIE or MISMATCH,
-    and an executor that cannot examine (peers) yields DIVERGENT.
-    """
-    if base is None:
-        return None, None
-    if tokens == base["tokens"]:
-        return IDENTICAL, None
-    examine = getattr(executor, "examine", None)
-    if examine is None:
-        return DIVERGENT, None
-    d = examine(prompt, base["tokens"], tokens, timing=timing)
-    return d.verdict, {**d.to_json(), "describe": d.describe()}
-
-
 def family_order(units: Sequence[Unit], methods: dict[str, Method]) -> list[Unit]:
     """Engine and llama.cpp units interleaved prompt by prompt; the transformers units after them all."""
     return [u for u in units if methods[u.method].family != HF] + [u for u in units if methods[u.method].family == HF]
@@ -266,12 +256,17 @@ def execute(
     store: RecordStore,
     pool: ExecutorPool,
     max_new_tokens: int,
-    timing: str = "e2e",
+    timing: str = DECODE,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
     extra: dict | None = None,
+    render: Render | None = None,
 ) -> int:
-    """Run the units not yet in the store; return how many ran. Exactness failures are reported loudly."""
+    """Run the units not yet in the store; return how many ran. Exactness failures are reported loudly.
+
+    `timing` chooses the headline figure of each record (both are recorded); `render` builds a
+    conversation's later turns from the method's own answers (needed only when a prompt has several turns).
+    """
     from tqdm import tqdm
 
     by_name = {m.name: m for m in methods}
@@ -297,40 +292,36 @@ def execute(
             params = m.resolve(length)
             prompt = prompts[(u.phase, u.dataset, u.prompt_id)]
             base = None if m.is_baseline else store.get(u.baseline_key(m.baseline))
-            reference = base["tokens"] if base else None
-            out = pool.get(m.family).run(m, params, list(prompt.ids), max_new_tokens, reference, timing)
-            md = out.metrics.to_dict()
-            match = None if base is None else out.tokens == base["tokens"]
+            ex = pool.get(m.family)
+            turns = run_turns(ex, m, params, prompt, base, max_new_tokens, render)
             rec = {
                 "key": u.key, "phase": u.phase, "dataset": u.dataset, "prompt_id": u.prompt_id,
-                "category": prompt.category, "method": m.name, "variant": u.variant, "family": m.family,
-                "baseline": m.baseline, "params": params, "prompt_tokens": len(prompt.ids),
-                "max_new_tokens": max_new_tokens, "timing": timing, "tokens": out.tokens,
-                "finish_reason": out.finish_reason, "new_tokens": md["new_tokens"], "seconds": md["seconds"],
-                "tokens_per_second": md["tokens_per_second"], "tokens_per_target_pass": md["tokens_per_target_pass"],
-                "standardized_walltime_improvement": md["standardized_walltime_improvement"],
-                "matches_baseline": match, "metrics": md, "config": out.config,
+                "category": prompt.category, "group": prompt.group or u.dataset, "method": m.name,
+                "variant": u.variant, "family": m.family, "baseline": m.baseline, "params": params,
+                "max_new_tokens": max_new_tokens, "timing": timing, **record_fields(turns, timing),
                 "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
             }
-            verdict, divergence = classify(pool.get(m.family), list(prompt.ids), base, out.tokens, timing)
-            rec["exactness"] = verdict
-            if divergence is not None:
-                rec["divergence"] = divergence
+            curve = getattr(ex, "cost_curve", None)
+            if curve is not None and curve() is not None:
+                rec["target_cost_curve"] = curve()
             store.append(rec)
             done += 1
-            if match is False:
-                i = first_difference(out.tokens, base["tokens"])
-                where = f"{u.variant} on {u.dataset}/{u.prompt_id}"
-                if verdict == MISMATCH:
+            for k, t in enumerate(turns):
+                if t.verdict in (None, IDENTICAL):
+                    continue
+                ref = turns_of(base)[k]["tokens"]
+                i = first_difference(t.outcome.tokens, ref)
+                where = f"{u.variant} on {u.dataset}/{u.prompt_id}" + (f" (turn {k + 1})" if len(turns) > 1 else "")
+                if t.verdict == MISMATCH:
                     say(f"!!! EXACTNESS MISMATCH (a bug): {where} differs from {m.baseline} at generated token {i} "
-                        f"({len(out.tokens)} vs {len(base['tokens'])} tokens): "
-                        f"{divergence.get('describe') if divergence else 'not examined'} !!!")
-                elif verdict == TIE:
-                    say(f"note: {where} differs from {m.baseline} at a numerical tie: {divergence['describe']}")
+                        f"({len(t.outcome.tokens)} vs {len(ref)} tokens): "
+                        f"{t.divergence.get('describe') if t.divergence else 'not examined'} !!!")
+                elif t.verdict == TIE:
+                    say(f"note: {where} differs from {m.baseline} at a numerical tie: {t.divergence['describe']}")
                 else:
                     say(f"note: {where} differs from {m.baseline} at generated token {i} (a peer's own code: "
                         "not examined)")
-            bar.set_postfix_str(f"{md['tokens_per_second']:.2f} tok/s")
+            bar.set_postfix_str(f"{rec['tokens_per_second']:.2f} tok/s")
             bar.update(1)
     finally:
         bar.close()

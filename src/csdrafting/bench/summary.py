@@ -1,8 +1,9 @@
 """From records to results: the per (dataset, method) numbers, a Markdown table and PNG plots.
 
 Definitions (all on eval-phase records):
-- tokens/s: new tokens / wall seconds of one generation (end to end, or decoding only with --timing
-  decode); the table shows the median over prompts.
+- tokens/s: new tokens / wall seconds of one unit (a conversation: its turns' totals), by the run's
+  headline timing (--timing: decoding only, the default, or end to end); the table shows the median over
+  prompts. Every record holds both; headline.py's per-workload tables show both side by side.
 - speedup: per prompt, the method's tokens/s over its baseline's on the same prompt (engine methods:
   `plain`; peers: their own backend's plain decoding); the table shows the median of these ratios.
 - tokens per target pass: total new tokens / total target forward passes (ratio of sums).
@@ -27,7 +28,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..exactness import IDENTICAL, MISMATCH, TIE, Tally
+from .headline import headline_tables
 from .runner import DIVERGENT, EVAL
+from .turns import differing_verdict, verdict_of
 
 ALL = "all"
 
@@ -84,19 +87,6 @@ def _key_params(p: dict) -> str:
     if p.get("spec_type"):
         parts.append("llama-completion" if p["spec_type"] == "none" else f"llama-speculative-simple --spec-type {p['spec_type']}")
     return "; ".join(parts)
-
-
-def verdict_of(r: dict, base: dict) -> str:
-    """The record's exactness verdict against `base`; records written before examination existed count a
-    difference as a mismatch (engine) or an unexamined divergence (peers)."""
-    return IDENTICAL if r["tokens"] == base["tokens"] else _differing_verdict(r)
-
-
-def _differing_verdict(r: dict) -> str:
-    """The verdict of a record that differs from its baseline: as examined, else (an older record) a
-    mismatch for engine methods and an unexamined divergence for peers."""
-    v = r.get("exactness")
-    return v if v in (TIE, MISMATCH, DIVERGENT) else MISMATCH if r.get("family") == "engine" else DIVERGENT
 
 
 def _comparable(r: dict, plain: dict) -> tuple[list, list]:
@@ -247,7 +237,9 @@ def headline_lines(rows: Sequence[Row], records: Sequence[dict]) -> list[str]:
     out = []
     for ds in dict.fromkeys(r.dataset for r in rows if r.dataset != ALL):
         get = {r.method: r for r in rows if r.dataset == ds}
-        engine = [m for m, r in get.items() if r.family == "engine" and not r.is_baseline and r.speedup_median is not None]
+        # the oracle is a ceiling, not a method a user could run
+        engine = [m for m, r in get.items() if r.family == "engine" and not r.is_baseline and m != "oracle"
+                  and r.speedup_median is not None]
         if not engine:
             continue
         best = max(engine, key=lambda m: get[m].speedup_median)
@@ -275,7 +267,7 @@ def calibration_failures(records: Iterable[dict]) -> list[str]:
     """Calibration runs whose output mismatched their baseline's (they are exact methods too)."""
     return [f"{r['variant']} on {r['dataset']}/{r['prompt_id']} (calibration)" for r in records
             if r.get("phase") != EVAL and r.get("matches_baseline") is False
-            and _differing_verdict(r) == MISMATCH]
+            and differing_verdict(r) == MISMATCH]
 
 
 def render_markdown(rows: Sequence[Row], meta: dict, choices: dict | None = None, plots: Sequence[str] = (),
@@ -297,9 +289,10 @@ def render_markdown(rows: Sequence[Row], meta: dict, choices: dict | None = None
         for text in other_failures:
             lines.append(f"- **{text}**: mismatched its baseline")
         lines.append("")
+    lines += headline_tables(records, list(dict.fromkeys(r.method for r in rows)))
     head = headline_lines(rows, records)
     if head:
-        lines += ["## Headline (paired per-prompt ratios, medians, same run)", ""] + head + [""]
+        lines += ["## In short (paired per-prompt ratios, medians, same run; headline timing)", ""] + head + [""]
     lines += [
         "## Results",
         "",

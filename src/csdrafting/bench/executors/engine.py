@@ -50,6 +50,16 @@ class EngineExecutor:
         ids = encode(self.target, WARMUP_TEXT) if getattr(self.target, "tokenizer", None) is not None else [1, 2, 3]
         for model in [self.target, *self.models.values()]:
             Cascade(model, []).generate(ids, WARMUP_TOKENS)
+        self._curve("target")  # measured now (unless the spec has one): every engine record reports it
+
+    def cost_curve(self) -> dict | None:
+        """The target's cost curve as the dynamic methods use it (seconds of one pass over n new tokens),
+        and where it came from; None before warmup."""
+        curve = self._curves.get("target")
+        if curve is None:
+            return None
+        known = self.spec is not None and self.spec.target in (self.spec.costs or {})
+        return {**curve.to_json(), "source": "the spec's costs" if known else "measured at start (planning.measure)"}
 
     def cascade(self, params: dict, method: str = "") -> Cascade:
         """The engine for one run. A statistical drafter with a cross-request store is kept per (method,
@@ -83,31 +93,34 @@ class EngineExecutor:
             self._curves[ref] = CostCurve.from_json(known[name]) if name in known else measure(model)
         return self._curves[ref]
 
-    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None,
-            timing: str = "e2e") -> Outcome:
-        if "oracle" in params["drafters"]:
-            if reference is None:
-                raise CSDraftingError("the oracle needs the plain output of this prompt; run 'plain' first")
-            self.oracle.set_reference(prompt, reference)
-        engine = self.cascade(params, method.name)
-        if timing == "decode":
-            # prefill every model with the prompt but its last token, untimed; the timed generation then
-            # starts from the last prompt token, so tokens/s measure decoding alone
-            for lv in engine.levels:
-                model = getattr(lv, "model", None)
-                if model is not None:
-                    model.rollback(0)
-                    if len(prompt) > 1:
-                        model.extend(prompt[:-1], logits_from=len(prompt) - 1)
-        res = engine.generate(prompt, max_new, keep_cache=timing == "decode")
-        return Outcome(res.tokens, res.finish_reason, res.metrics, res.config)
+    def conversation(self, method: Method, params: dict) -> "EngineTurns":
+        """Turns of one conversation on ONE Cascade: the KV caches and the drafters' state of a turn stay for
+        the next (turn k+1's prompt starts with turn k's prompt and answer)."""
+        return EngineTurns(self, self.cascade(params, method.name), "oracle" in params["drafters"])
 
-    def examine(self, prompt: list[int], reference: list[int], candidate: list[int], timing: str = "e2e"):
-        """Tie or mismatch: the target's logits at the first token where `candidate` leaves plain's output."""
-        from ...exactness import examine, noise_threshold
+    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None) -> Outcome:
+        return self.conversation(method, params).turn(prompt, max_new, reference)
 
-        return examine(self.target, prompt, reference, candidate, noise_threshold(self.target),
-                       split_last=timing == "decode")
+    def examine(self, prompt: list[int], reference: list[int], candidate: list[int], turn: int = 0):
+        """Tie or mismatch: the target's logits at the first token where `candidate` leaves plain's output
+        (replayed as the engine runs plain decoding: the prompt but its last token, then that token).
+
+        A later turn of a conversation (`turn` > 0) ran on the KV cache each method kept from its earlier
+        turns, built in that method's own batch shapes; the cold replay is a third history, so it may pick
+        either token. There a divergence is a tie when the two tokens' logits are within the measured noise
+        in the replay, whichever it prefers (the noise of one pass, while the histories differ over many:
+        no looser than the first turn's rule)."""
+        import dataclasses
+
+        from ...exactness import MISMATCH, TIE, examine, noise_threshold
+
+        d = examine(self.target, prompt, reference, candidate, noise_threshold(self.target), split_last=True)
+        if (turn > 0 and d.verdict == MISMATCH and d.margin_single is not None and d.threshold is not None
+                and abs(d.margin_single) <= d.threshold):
+            note = (f"turn {turn + 1} ran on the cache kept from the earlier turns, which a cold replay does not "
+                    "reproduce: within the noise either way")
+            d = dataclasses.replace(d, verdict=TIE, reason="; ".join(x for x in (d.reason, note) if x))
+        return d
 
     def close(self) -> None:
         for m in [self.target, *self.models.values()]:
@@ -126,3 +139,20 @@ def method_config(base: CascadeConfig, params: dict) -> CascadeConfig:
     config = override(base, {"k": params.get("k"), "lenience": float(params.get("lenience", 1.0)), "bottom_length": length})
     return override(config, params.get("config") or {}, "method config field")
 
+
+class EngineTurns:
+    """The turns of one conversation on one Cascade: the first starts every model cold, later ones keep
+    each model's KV cache for the prefix they share with it (keep_cache) and the same drafter objects."""
+
+    def __init__(self, executor: EngineExecutor, engine: Cascade, oracle: bool) -> None:
+        self.executor, self.engine, self.oracle = executor, engine, oracle
+        self.turns = 0
+
+    def turn(self, prompt: list[int], max_new: int, reference: list[int] | None) -> Outcome:
+        if self.oracle:
+            if reference is None:
+                raise CSDraftingError("the oracle needs the plain output of this prompt; run 'plain' first")
+            self.executor.oracle.set_reference(prompt, reference)
+        res = self.engine.generate(prompt, max_new, keep_cache=self.turns > 0)
+        self.turns += 1
+        return Outcome(res.tokens, res.finish_reason, res.metrics, res.config)

@@ -17,6 +17,7 @@ class _ForwardLog:
     def __init__(self, model) -> None:
         self.passes: list[tuple[int, list[int]]] = []
         self.seconds = 0.0
+        self.first_end: float | None = None  # when the first pass (the prompt's) ended
         self._t0 = 0.0
         self.handles = [
             model.register_forward_pre_hook(self._pre, with_kwargs=True),
@@ -24,7 +25,7 @@ class _ForwardLog:
         ]
 
     def reset(self) -> None:
-        self.passes, self.seconds = [], 0.0
+        self.passes, self.seconds, self.first_end = [], 0.0, None
 
     def _pre(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -38,7 +39,10 @@ class _ForwardLog:
         self._t0 = time.perf_counter()
 
     def _post(self, module, args, output):
-        self.seconds += time.perf_counter() - self._t0
+        now = time.perf_counter()
+        self.seconds += now - self._t0
+        if self.first_end is None:
+            self.first_end = now
 
 
 class HFExecutor:
@@ -86,8 +90,7 @@ class HFExecutor:
                 with self.torch.inference_mode():
                     model.generate(ids, attention_mask=self.torch.ones_like(ids), generation_config=self._config(WARMUP_TOKENS))
 
-    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None,
-            timing: str = "e2e") -> Outcome:
+    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None) -> Outcome:
         kw: dict = {}
         cfg: dict = {}
         drafter = None
@@ -118,9 +121,13 @@ class HFExecutor:
                 tokens = tokens[: i + 1]
                 break
         finish = "eos" if tokens and tokens[-1] in self.eos else "length"
-        return Outcome(tokens, finish, self._metrics(drafter, prompt, tokens, seconds), self._record(gc, drafter))
+        first = (self.log.first_end - t0) if self.log.first_end is not None else 0.0
+        return Outcome(tokens, finish, self._metrics(drafter, prompt, tokens, seconds, first), self._record(gc, drafter))
 
-    def _metrics(self, drafter, prompt: list[int], tokens: list[int], seconds: float) -> GenerationMetrics:
+    def _metrics(self, drafter, prompt: list[int], tokens: list[int], seconds: float, first: float) -> GenerationMetrics:
+        """`first`: seconds until the prompt's pass (which yields the first token) ended. Decoding alone is
+        the rest, with the first token priced at the rate of the others (as llama.cpp's llama-completion
+        figure is read); with a single token there is no rate to price it at, and decode = end to end."""
         t, drafted, accepted = target_level(f"{model_name(self.target_ref)} [float32] (transformers)", self.n_params,
                                             self.log.passes, self.log.seconds, prompt, tokens)
         levels = [t]
@@ -133,7 +140,10 @@ class HFExecutor:
                 d.tokens_evaluated = sum(len(p) for _, p in self.alog.passes)
                 d.seconds = self.alog.seconds
             levels.append(d)
-        return GenerationMetrics(levels, new_tokens=len(tokens), seconds=seconds, target_steps=len(self.log.passes))
+        n = len(tokens)
+        decode = (seconds - first) * n / (n - 1) if n > 1 else seconds
+        return GenerationMetrics(levels, new_tokens=n, seconds=seconds, target_steps=len(self.log.passes),
+                                 prefill_seconds=max(0.0, seconds - decode))
 
     def _record(self, gc, drafter) -> dict:
         """The generation settings that ran, for the record."""

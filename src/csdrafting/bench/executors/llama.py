@@ -61,16 +61,20 @@ class LlamaExecutor:
     def warmup(self) -> None:
         ids = self.plain.tokenize(WARMUP_TEXT.encode(), add_bos=False, special=True)
         for llm in (self.plain, self.pld):
-            self._generate(llm, ids, WARMUP_TOKENS, "e2e")
+            self._generate(llm, ids, WARMUP_TOKENS)
 
-    def _generate(self, llm, prompt: list[int], max_new: int, timing: str) -> tuple[list[int], str, float]:
+    def _generate(self, llm, prompt: list[int], max_new: int) -> tuple[list[int], str, float, float]:
+        """(tokens, finish, seconds end to end, prefill seconds). The prompt but its last token is evaluated
+        first, timed apart (as the engine prefills); generate() then reuses that prefix and evaluates the
+        last token alone."""
         llm.reset()
-        if timing == "decode" and len(prompt) > 1:
-            llm.eval(prompt[:-1])  # generate() then reuses this prefix and evaluates the last token alone
+        t0 = time.perf_counter()
+        if len(prompt) > 1:
+            llm.eval(prompt[:-1])
+        prefill = time.perf_counter() - t0
         self._passes, self._seconds = [], 0.0
         out: list[int] = []
         finish = "length"
-        t0 = time.perf_counter()
         for tok in llm.generate(prompt, temp=0.0, repeat_penalty=1.0, reset=True):
             out.append(int(tok))
             if tok in self.eos:
@@ -78,10 +82,9 @@ class LlamaExecutor:
                 break
             if len(out) >= max_new:
                 break
-        return out, finish, time.perf_counter() - t0
+        return out, finish, time.perf_counter() - t0, prefill
 
-    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None,
-            timing: str = "e2e") -> Outcome:
+    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None) -> Outcome:
         if method.name == "llama-plain":
             llm, drafter = self.plain, None
         elif method.name == "llama-pld":
@@ -91,7 +94,7 @@ class LlamaExecutor:
             drafter = f"prompt lookup (llama-cpp-python, num_pred_tokens={self.lookup.num_pred_tokens})"
         else:
             raise CSDraftingError(f"the llama.cpp executor does not run {method.name}")
-        tokens, finish, seconds = self._generate(llm, prompt, max_new, timing)
+        tokens, finish, seconds, prefill = self._generate(llm, prompt, max_new)
         t, drafted, accepted = target_level(f"{self.name} (llama-cpp-python)", self.n_params, self._passes,
                                             self._seconds, prompt, tokens)
         levels = [t]
@@ -99,7 +102,8 @@ class LlamaExecutor:
             d = LevelMetrics(1, drafter, "statistical", 0, proposals=max(0, len(self._passes) - 1),
                              drafted=drafted, accepted=accepted)
             levels.append(d)
-        m = GenerationMetrics(levels, new_tokens=len(tokens), seconds=seconds, target_steps=len(self._passes))
+        m = GenerationMetrics(levels, new_tokens=len(tokens), seconds=seconds, target_steps=len(self._passes),
+                              prefill_seconds=prefill)
         return Outcome(tokens, finish, m, {"library": "llama-cpp-python", "logits_all": llm._logits_all,
                                            **({"num_pred_tokens": self.lookup.num_pred_tokens,
                                                "max_ngram_size": self.lookup.max_ngram_size} if drafter else {})})

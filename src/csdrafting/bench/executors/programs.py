@@ -57,8 +57,7 @@ class LlamaCppBinExecutor:
             a = self.lb.PeerArgs(self.model, WARMUP_TEXT, WARMUP_TOKENS, self.threads, 512, self.draft)
             self.lb.run_peer(self.lb.command(self.binaries, method, a), WARMUP_TEXT)
 
-    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None,
-            timing: str = "e2e") -> Outcome:
+    def run(self, method: Method, params: dict, prompt: list[int], max_new: int, reference: list[int] | None) -> Outcome:
         text = self._text(prompt)
         extra = tuple(params.get("extra", ())) + self.extra.get(method.name, ())
         a = self.lb.PeerArgs(self.model, text, max_new, self.threads, self.n_ctx,
@@ -84,10 +83,11 @@ class LlamaCppBinExecutor:
             levels.append(LevelMetrics(1, f"llama.cpp --spec-type {self.lb.SPEC_TYPES[method.name]}", kind, 0,
                                        drafted=c.get("n_drafted", 0), accepted=n_accept))
         # end to end: the printed prompt pass (which yields the first token) plus the printed decode runs;
-        # decode_seconds prices the first token at the decode rate too, for the decode-only figure
+        # decode_seconds prices the first token at the decode rate too, for the decode-only figure, and the
+        # prefill is what remains of the end-to-end time
         e2e = o.prefill_seconds + o.eval_seconds
-        seconds = o.decode_seconds if timing == "decode" else e2e
-        m = GenerationMetrics(levels, new_tokens=o.new_tokens, seconds=seconds, target_steps=passes)
+        m = GenerationMetrics(levels, new_tokens=o.new_tokens, seconds=e2e, target_steps=passes,
+                              prefill_seconds=max(0.0, e2e - o.decode_seconds))
         conf = {
             "program": prog, "spec_type": self.lb.SPEC_TYPES[method.name],
             "argv": [x if x != text else "<prompt text>" for x in argv],
