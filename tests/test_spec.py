@@ -127,3 +127,27 @@ def test_build_goes_through_the_registry(monkeypatch):
     assert isinstance(drafters[0], SuffixDrafter) and drafters[0].max_ngram == 5 and drafters[0].calibration is None
     assert drafters[0].bigram is None  # the packaged table does not fit a 96-token vocabulary
     assert config.k == KMatrix.parse([[4]])
+
+
+def test_cost_curve_is_measured_once_per_machine_and_model(tmp_path, monkeypatch):
+    """The default cascade's target curve is measured on first use and kept; another thread count (or model)
+    is measured anew; a stale entry is measured again."""
+    import table_lm
+    from csdrafting import spec as spec_mod
+    from csdrafting.cascade import planning
+
+    monkeypatch.setenv("CSDRAFTING_CACHE", str(tmp_path))
+    calls = []
+    real = planning.measure
+    monkeypatch.setattr(planning, "measure", lambda m, grid, *a, **k: calls.append(tuple(grid)) or real(m, grid, reps=1))
+    target, _ = table_lm.family()
+    a = spec_mod.measured_curve(target, threads=2, progress=False)
+    b = spec_mod.measured_curve(target, threads=2, progress=False)
+    assert a == b and calls == [planning.REVIEW_GRID]
+    spec_mod.measured_curve(target, threads=1, progress=False)
+    spec_mod.measured_curve(target, threads=2, target=False, progress=False)  # a drafter: short drafts only
+    assert calls[1:] == [planning.REVIEW_GRID, planning.QUICK_GRID]
+    monkeypatch.setattr(spec_mod, "CURVE_DAYS", 0)
+    spec_mod.measured_curve(target, threads=2, progress=False)
+    assert len(calls) == 4
+    assert DEFAULT_SPEC.k == KMatrix.parse([[64]]) and max(planning.REVIEW_GRID) == 65  # a 64-token draft is priced

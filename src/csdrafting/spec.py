@@ -20,6 +20,8 @@ each model offloads `n_gpu_layers` layers to the GPU (0: CPU only) and runs in i
 from __future__ import annotations
 
 import copy
+import os
+import re
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,13 +233,15 @@ def neural(refs: Sequence[str]) -> list[str]:
 
 
 # The embedded default: the shipped Qwen2.5-Coder-1.5B Q4_K_M file (what a CPU user runs) with the
-# confident suffix drafter below it, drafting cost-aware up to 16 tokens (README, "Choosing the default").
+# confident suffix drafter below it, drafting cost-aware up to 64 tokens (README, "Choosing the default").
 # At this precision every model here is compute-bound on a CPU (reviewing k tokens costs about k/2
 # passes), so a neural drafter cannot pay and only a near-free level that drafts when it is confident
-# can. The target's cost curve (seconds of one pass over n new tokens) is measured on this machine when
-# the cascade is built (a few seconds): its shape differs between machines of the same kind (2 tokens cost
-# 1.5x one token on one, 1.7x on another), and a curve from another machine makes the planner over-draft.
-# `csdrafting tune` measures it more thoroughly, and re-decides the cascade, per machine.
+# can; where the output copies its input (code edits, answers from documents) its long matches are nearly
+# sure, and a long review that is all accepted is cheap per token, hence the cap of 64. The target's cost
+# curve (seconds of one pass over n new tokens) is measured on this machine, once, and kept for a week
+# (`measured_curve`): its shape differs between machines of the same kind (2 tokens cost 1.5x one token on
+# one, 1.7x on another), and a curve from another machine makes the planner over-draft.
+# `csdrafting tune` measures it again, and re-decides the cascade, per machine.
 # The suffix drafter's settings stay at the registry's defaults: the packaged calibration, no store across
 # requests (speed-neutral on the Q4_K_M target although its proposals are accepted far more often than the
 # bigram guesses they replace, and with it a seeded sample depends on earlier requests; see README).
@@ -246,7 +250,7 @@ DEFAULT_TARGET = "qwen2.5-coder-1.5b:Q4_K_M"
 DEFAULT_SPEC = CascadeSpec(
     target=DEFAULT_TARGET,
     drafters=["suffix"],
-    k=KMatrix.parse([[16]]),
+    k=KMatrix.parse([[64]]),
     lenience=1.0,
     dynamic=True,
     note="built-in default (measured fastest at the shipped precision on 2-core x86-64 CPUs; see README)",
@@ -366,12 +370,43 @@ def cost_curves(spec: CascadeSpec, models: list, progress: bool = True) -> list 
         elif spec.costs and ref in spec.costs:
             out.append(CostCurve.from_json(spec.costs[ref]))
         else:
-            if progress:
-                import sys
-
-                print(f"measuring the cost curve of {ref} for cost-aware drafting ...", file=sys.stderr)
-            out.append(measure(model))
+            out.append(measured_curve(model, spec.threads, target=ref == spec.target, progress=progress))
     return out
+
+
+CURVE_DAYS = 7  # a cost curve measured on this machine is reused this long (tune re-measures its own)
+
+
+def measured_curve(model, threads: int, target: bool = True, progress: bool = True):
+    """The model's cost curve on this machine: measured once (the target over every review size a 64-token
+    draft may need, a drafter over short ones), then kept in the cache for CURVE_DAYS, keyed by the model,
+    its precision and file, the thread count and the machine; delete costs/ in the cache to re-measure."""
+    import platform
+    import sys
+    import time
+
+    from .cascade.planning import QUICK_GRID, REVIEW_GRID, CostCurve, measure
+    from .store.paths import cache_dir
+
+    grid = REVIEW_GRID if target else QUICK_GRID
+    info = model.info
+    key = {"model": info.label, "file": str(info.extra.get("path", "")), "backend": str(info.extra.get("backend", "")),
+           "threads": threads, "grid": list(grid), "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()}"}
+    path = cache_dir() / "costs" / (re.sub(r"[^A-Za-z0-9._-]+", "_", info.label) + ".json")
+    try:
+        kept = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, json.JSONDecodeError):
+        kept = []
+    for entry in kept:
+        if entry.get("key") == key and time.time() - entry.get("time", 0) < CURVE_DAYS * 86400:
+            return CostCurve.from_json(entry["curve"])
+    if progress:
+        print(f"measuring the cost curve of {info.label} for cost-aware drafting (once per machine, kept "
+              f"{CURVE_DAYS} days in {path.parent}) ...", file=sys.stderr)
+    curve = measure(model, grid)
+    kept = [e for e in kept if e.get("key") != key] + [{"key": key, "time": time.time(), "curve": curve.to_json()}]
+    atomic_write(path, json.dumps(kept, indent=1) + "\n")
+    return curve
 
 
 def load_models(spec: CascadeSpec, refs: Sequence[str], progress: bool = True) -> dict[str, Any]:

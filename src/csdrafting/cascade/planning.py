@@ -118,11 +118,15 @@ def measure_cost_curve(
     return CostCurve(tuple(grid), tuple(float(s) for s in med), prefill)
 
 
-QUICK_GRID = (1, 2, 4, 8, 12, 16, 24)
+# Review sizes (draft + 1) where llama.cpp's CPU kernels change cost: they multiply activation rows in
+# groups (measured on the 1.5B Q4_K_M, 2 threads: 32 tokens 760 ms, 33 tokens 955 ms; 16 -> 468, 17 -> 481),
+# so each efficient size is measured with the one past it; up to 65, a 64-token draft and its review's token.
+REVIEW_GRID = (1, 2, 3, 4, 5, 8, 9, 12, 13, 16, 17, 24, 25, 32, 33, 48, 49, 64, 65)
+QUICK_GRID = (1, 2, 4, 8, 12, 16, 24)  # short drafts only (a drafter's own curve)
 
 
-def measure(model: LanguageModel, grid: Sequence[int] = QUICK_GRID, reps: int = 3, context_tokens: int = 256) -> CostCurve:
-    """A quick cost curve for dynamic drafting when none was measured by `csdrafting tune` (a few seconds).
+def measure(model: LanguageModel, grid: Sequence[int] = REVIEW_GRID, reps: int = 2, context_tokens: int = 256) -> CostCurve:
+    """A cost curve for dynamic drafting when none was measured by `csdrafting tune` (seconds to a minute).
 
     The context and filler are token ids spread over the vocabulary: cost depends on the number of tokens
     and the cached length, not on which tokens they are.

@@ -85,12 +85,15 @@ class EngineExecutor:
         if ref == ORACLE or registry.is_statistical(ref):
             return None
         if ref not in self._curves:
-            from ...cascade.planning import CostCurve, measure
+            from ...cascade.planning import QUICK_GRID, REVIEW_GRID, CostCurve, measure
 
             name = self.spec.target if ref == "target" and self.spec is not None else ref
             known = (self.spec.costs or {}) if self.spec is not None else {}
             model = self.target if ref == "target" else self.models[ref]
-            self._curves[ref] = CostCurve.from_json(known[name]) if name in known else measure(model)
+            # measured in this run (a benchmark does not reuse a curve from another day): every review size
+            # up to a 64-token draft for the target, short drafts for a drafter
+            grid = REVIEW_GRID if ref == "target" else QUICK_GRID
+            self._curves[ref] = CostCurve.from_json(known[name]) if name in known else measure(model, grid)
         return self._curves[ref]
 
     def conversation(self, method: Method, params: dict) -> "EngineTurns":
