@@ -130,7 +130,9 @@ class StatisticalLevel(Level):
         return Draft(prop.tokens, [None] * k, [self.index] * k, prop.confidence)
 
     def committed(self, run: Run, generated: list[int]) -> None:
+        t0 = time.perf_counter()
         self.drafter.committed(run.prompt + generated)
+        self.metrics.seconds += time.perf_counter() - t0  # the drafter's own work, as its proposals'
 
     def end(self, tokens: Sequence[int]) -> None:
         self.drafter.end(tokens)

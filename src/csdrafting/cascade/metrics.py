@@ -36,6 +36,7 @@ class LevelMetrics:
     accepted: int = 0
     dropped: int = 0  # proposed, but not drafted: cost-aware drafting judged them not worth their review
     prefill_passes: int = 0  # passes over the prompt before the first step (their tokens are in tokens_evaluated)
+    prefill_seconds: float = 0.0  # the part of `seconds` those passes took
 
     def record_review(self, draft_len: int, n_accepted: int) -> None:
         self.reviews += 1
@@ -51,7 +52,7 @@ class LevelMetrics:
     def add(self, other: "LevelMetrics") -> None:
         """Add another generation's counts of the same level (a server's totals since it started)."""
         for f in ("forward_passes", "tokens_evaluated", "seconds", "proposals", "reviews", "drafted", "accepted",
-                  "dropped", "prefill_passes"):
+                  "dropped", "prefill_passes", "prefill_seconds"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
         add_counts(self.reviewed_by_position, other.reviewed_by_position)
         add_counts(self.accepted_by_position, other.accepted_by_position)

@@ -73,9 +73,11 @@ class RowCache:
         else:
             out = self.model.extend(tokens, logits_from=logits_from)
         m = self.metrics
-        m.seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        m.seconds += dt
         if prefill:  # prompt work: not a review or a proposal (the paper's cost counts those)
             m.prefill_passes += 1
+            m.prefill_seconds += dt
         else:
             m.forward_passes += 1
             if self.cost is not None:
