@@ -142,7 +142,7 @@ def main() -> None:
     import torch
 
     from csdrafting.serve import EngineWorker, create_app
-    from csdrafting.serve.load import default_requests, run_load
+    from csdrafting.serve.loadtest import default_requests, run_load
 
     torch.set_num_threads(1)
     target, drafters, config = cascade_parts()

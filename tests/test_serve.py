@@ -22,7 +22,7 @@ import serve_tiny
 from csdrafting import Cascade, SamplingConfig
 from csdrafting.serve import EngineWorker, StopScanner, create_app
 from csdrafting.serve.knobs import override
-from csdrafting.serve.load import default_requests, run_load
+from csdrafting.serve.loadtest import default_requests, run_load
 from csdrafting.serve.metrics import parse_prometheus
 from csdrafting.protocol import CSDraftingError
 from csdrafting.cascade.config import CascadeConfig, KMatrix
