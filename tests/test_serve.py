@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import serve_tiny
+import tiny
 from csdrafting import Cascade, SamplingConfig
 from csdrafting.serve import EngineWorker, StopScanner, create_app
 from csdrafting.serve.knobs import override
@@ -214,6 +215,42 @@ def test_stop_strings_cut_the_text_streamed_or_not(server, reference):
     # a stop that never occurs changes nothing
     out = c.completions.create(model=MODEL, prompt=prompt, max_tokens=40, temperature=0, stop=["@@@@"])
     assert out.choices[0].text == full
+
+
+def test_usage_counts_the_answers_tokens_the_same_way_in_both_endpoints(server, reference):
+    """completion_tokens: every token of the answer, the end token included when the model ended, up to the
+    token that completed a stop string, whatever batch the cascade produced it in."""
+    url, _ = server
+    c = client(url)
+    prompt = PROMPTS[0]
+    full, r = reference(prompt, 200)
+    assert r.finish_reason == "eos" and r.tokens[-1] == tiny.EOS
+    stop = full[10:13]
+    cut = full.find(stop)
+    upto = next(n for n in range(1, len(r.tokens)) if stop in TOK.decode(r.tokens[:n], skip_special_tokens=True))
+    for stream in (False, True):
+        assert _answer(c, "completion", stream, prompt=prompt, max_tokens=200) == (full, "stop", len(r.tokens))
+        assert _answer(c, "completion", stream, prompt=prompt, max_tokens=5) == (
+            TOK.decode(r.tokens[:5], skip_special_tokens=True), "length", 5)
+        assert _answer(c, "completion", stream, prompt=prompt, max_tokens=200, stop=stop) == (full[:cut], "stop", upto)
+    chat_full, r = reference(prompt, 200, chat=True)
+    assert r.finish_reason == "eos"
+    for stream in (False, True):
+        out = _answer(c, "chat", stream, messages=[{"role": "user", "content": prompt}], max_tokens=200)
+        assert out == (chat_full, "stop", len(r.tokens))  # the end token counts, in chat as in completions
+
+
+def _answer(c, kind, stream, **kw):
+    """(text, finish_reason, usage.completion_tokens) of one request."""
+    api = c.chat.completions if kind == "chat" else c.completions
+    if not stream:
+        out = api.create(model=MODEL, temperature=0, **kw)
+        ch = out.choices[0]
+        return (ch.message.content if kind == "chat" else ch.text), ch.finish_reason, out.usage.completion_tokens
+    chunks = list(api.create(model=MODEL, temperature=0, stream=True, stream_options={"include_usage": True}, **kw))
+    pieces = [(ch.choices[0].delta.content or "") if kind == "chat" else ch.choices[0].text for ch in chunks if ch.choices]
+    finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    return "".join(pieces), finish[-1], chunks[-1].usage.completion_tokens
 
 
 def test_seeds_reproduce_and_match_the_library(server, reference):

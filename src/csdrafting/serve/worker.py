@@ -82,6 +82,35 @@ class StopScanner:
         return out
 
 
+class TextOut:
+    """Generated tokens -> the answer's text, fed ONE token at a time, so that a stop string ends the
+    answer, and its token count, where token-by-token decoding would have, whatever batches the cascade
+    produced. `tokens` is usage.completion_tokens: every token of the answer, the end-of-sequence token
+    included when the model ended (as vLLM counts), up to the one that completed a stop string."""
+
+    def __init__(self, model, stops: Sequence[str]) -> None:
+        self.decoder = text_mod.StreamText(model)
+        self.scanner = StopScanner(stops)
+        self.tokens = 0
+        self.stopped = False
+
+    def push(self, tokens: Sequence[int]) -> str:
+        """The text now safe to send; sets `stopped` when a stop string was found (later tokens are dropped)."""
+        out = []
+        for t in tokens:
+            if self.stopped:
+                break
+            self.tokens += 1
+            piece, self.stopped = self.scanner.push(self.decoder.push([t]))
+            out.append(piece)
+        return "".join(out)
+
+    def finish(self) -> str:
+        """What the decoder still held when the generation ended."""
+        piece, self.stopped = self.scanner.push(self.decoder.flush())
+        return piece if self.stopped else piece + self.scanner.release()
+
+
 @dataclass
 class Job:
     request: GenerationRequest
@@ -227,14 +256,13 @@ class EngineWorker:
         req = job.request
         started = time.perf_counter()
         cascade = Cascade(self.target, self.drafters, req.config)
-        decoder = text_mod.StreamText(self._text_model)
-        scanner = StopScanner(req.stop)
+        out = TextOut(self._text_model, req.stop)
 
         def on_tokens(tokens: list[int]) -> None:
-            out, hit = scanner.push(decoder.push(tokens))
-            if out:
-                _emit(job, "text", out)
-            if hit:
+            text = out.push(tokens)
+            if text:
+                _emit(job, "text", text)
+            if out.stopped:
                 raise StopGeneration("stop")
             if job.cancelled.is_set():
                 raise StopGeneration("cancelled")
@@ -244,11 +272,10 @@ class EngineWorker:
         result = cascade.generate(req.prompt, req.max_tokens, req.sampling, on_tokens, keep_cache=keep)
         finish = result.finish_reason
         if finish in ("eos", "length"):
-            out, hit = scanner.push(decoder.flush())
-            out += "" if hit else scanner.release()
-            if out:
-                _emit(job, "text", out)
-            if hit:
+            text = out.finish()
+            if text:
+                _emit(job, "text", text)
+            if out.stopped:
                 finish = "stop"
         openai_finish = {"eos": "stop", "stop": "stop", "length": "length"}.get(finish, "abort")
         elapsed = time.perf_counter() - started
@@ -259,8 +286,8 @@ class EngineWorker:
         _emit(job, "done", {
             "finish_reason": openai_finish if finish != "cancelled" else None,
             "engine_finish_reason": finish,
-            "usage": {"prompt_tokens": len(req.prompt), "completion_tokens": len(result.tokens),
-                      "total_tokens": len(req.prompt) + len(result.tokens)},
+            "usage": {"prompt_tokens": len(req.prompt), "completion_tokens": out.tokens,
+                      "total_tokens": len(req.prompt) + out.tokens},
             "timings": t,
         })
 
