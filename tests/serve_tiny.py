@@ -5,10 +5,12 @@ token, with a chat template of its own, behind the same transformers-style inter
 `decode`, `apply_chat_template`, `get_vocab`) through which the server reaches a real model's tokenizer.
 
     PYTHONPATH=src:tests python tests/serve_tiny.py     # load figures on tiny models (16 clients x 3)
+    PYTHONPATH=src:tests python tests/serve_tiny.py serve --port 8000   # a tiny server, as `csdrafting serve` runs
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import socket
@@ -31,6 +33,7 @@ class CharTokenizer:
     SPECIAL = {0: "<pad>", 1: "<s>", 2: "</s>"}
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        text.encode("utf-8")  # as real tokenizers do first: a lone surrogate raises UnicodeEncodeError
         ids = []
         for ch in text:
             i = ord(ch) - 32 + 3
@@ -54,9 +57,10 @@ class CharTokenizer:
 
 class Gate:
     """Wraps a model so that each extend() waits for a permit: a test decides when the engine may step
-    (and can make the next step fail)."""
+    (and can make the next step fail). With `delay`, each extend() also takes that many seconds more: a
+    model slow enough to watch a request in flight."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, delay: float = 0.0) -> None:
         self.model = model
         self.info = model.info
         self.tokenizer = getattr(model, "tokenizer", None)
@@ -64,6 +68,7 @@ class Gate:
         self._permits: float = float("inf")
         self.waiting = False
         self.fail_next = False  # the next extend() raises, as a backend fault would
+        self.delay = delay
 
     def allow(self, n: float) -> None:
         with self._cond:
@@ -87,6 +92,8 @@ class Gate:
             if self.fail_next:
                 self.fail_next = False
                 raise RuntimeError("injected backend fault")
+        if self.delay:
+            time.sleep(self.delay)
         return self.model.extend(tokens, logits_from)
 
     def rollback(self, n: int) -> None:
@@ -138,18 +145,50 @@ def running_server(app):
         sock.close()
 
 
-def main() -> None:
-    import torch
-
+def load_figures() -> None:
     from csdrafting.serve import EngineWorker, create_app
     from csdrafting.serve.loadtest import default_requests, run_load
 
-    torch.set_num_threads(1)
     target, drafters, config = cascade_parts()
     worker = EngineWorker(target, drafters, config, model_name=MODEL, max_queue=64)
     with running_server(create_app(worker)) as url:
         report = run_load(url, default_requests(MODEL, clients=16, per_client=3, max_tokens=32))
     print(json.dumps(report.summary(), indent=1))
+
+
+def serve(args: argparse.Namespace) -> None:
+    """The tiny cascade served as `csdrafting serve` serves the packaged one (same app, same server)."""
+    from csdrafting import CascadeConfig
+    from csdrafting.serve import EngineWorker, create_app
+    from csdrafting.serve.server import make_server
+
+    target, drafters, config = cascade_parts()
+    if args.maxgram_only:  # one drafter: K is 1x1, as in the README's examples
+        drafters, config = drafters[-1:], CascadeConfig.make([[6]])
+    worker = EngineWorker(Gate(target, args.step_delay), drafters, config, model_name=args.served_model_name,
+                          max_queue=args.max_queue)
+    server = make_server(create_app(worker), worker, grace=args.shutdown_timeout, port=args.port, log_level="warning")
+    server.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("serve")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--served-model-name", default=MODEL)
+    s.add_argument("--shutdown-timeout", type=float, default=30.0)
+    s.add_argument("--max-queue", type=int, default=16)
+    s.add_argument("--step-delay", type=float, default=0.0, help="seconds added to every target forward pass")
+    s.add_argument("--maxgram-only", action="store_true", help="Max-Gram as the only drafter (K [[6]])")
+    args = p.parse_args(argv)
+    if args.command == "serve":
+        serve(args)
+    else:
+        load_figures()
 
 
 if __name__ == "__main__":

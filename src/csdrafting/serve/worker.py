@@ -4,7 +4,8 @@ The HTTP side (app.py) never touches a model. It validates a request, submits a 
 events (text pieces, then "done" or "error"); the worker thread runs the cascade and pushes those events
 through the Job's sink. A Job can be cancelled at any time: still queued, it is skipped; running, the
 engine stops after its current target step (StopGeneration from the on_tokens hook), so the next request
-finds the engine free at once.
+finds the engine free at once. On shutdown (`drain`), queued and running Jobs may finish within a grace
+period; then they end with a 503 `shutting_down` error.
 
 Every request runs on a fresh Cascade over the shared models, and every model's cache is rolled back to
 empty when a generation begins (unless prefix reuse is asked for, which changes no output), so no
@@ -118,8 +119,11 @@ class Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    ending: APIError | None = None  # why the server ended it (shutdown); None when its client left
 
-    def cancel(self) -> None:
+    def cancel(self, error: APIError | None = None) -> None:
+        if error is not None and not self.cancelled.is_set():
+            self.ending = error
         self.cancelled.set()
 
 
@@ -165,6 +169,7 @@ class EngineWorker:
         self._running: Job | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._draining: threading.Timer | None = None
         self._mean_seconds = 1.0  # running mean of request durations, for Retry-After
         self._cold_next = False  # after a failed generation, the next one starts from empty caches
 
@@ -192,7 +197,7 @@ class EngineWorker:
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
         job = Job(request, sink)
         with self._cond:
-            if self._stopping:
+            if self._stopping or self._draining is not None:
                 raise APIError(503, "the server is shutting down", code="shutting_down")
             if self.n_waiting + self.n_running > self.max_queue:
                 self.metrics.rejected("queue_full")
@@ -211,6 +216,23 @@ class EngineWorker:
             self._thread = threading.Thread(target=self._loop, name="csdrafting-engine", daemon=True)
             self._thread.start()
 
+    def drain(self, grace: float) -> None:
+        """Take no more requests; those queued or running may finish within `grace` seconds, then each
+        ends with a 503 `shutting_down` error, at its engine's next step."""
+        with self._cond:
+            if self._draining is not None:
+                return
+            self._draining = threading.Timer(grace, self._end_all, args=(grace,))
+        self._draining.daemon = True
+        self._draining.start()
+
+    def _end_all(self, grace: float) -> None:
+        err = APIError(503, f"the server is shutting down and this request did not finish within its grace period "
+                            f"({grace:g} s)", code="shutting_down")
+        with self._cond:
+            for job in [*self._waiting, *([self._running] if self._running else [])]:
+                job.cancel(err)
+
     def stop(self, timeout: float = 30.0) -> None:
         """Cancel what is queued and running, and end the thread."""
         with self._cond:
@@ -223,6 +245,8 @@ class EngineWorker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._draining is not None:
+            self._draining.cancel()
 
     def _loop(self) -> None:
         while True:
@@ -236,7 +260,8 @@ class EngineWorker:
             try:
                 if job.cancelled.is_set():
                     self.metrics.finished("abort", None, 0)
-                    _emit(job, "error", APIError(499, "the client went away before its request started", code="cancelled"))
+                    _emit(job, "error", job.ending or APIError(499, "the client went away before its request started",
+                                                                 code="cancelled"))
                 else:
                     self._run(job)
             except CSDraftingError as exc:
@@ -283,6 +308,9 @@ class EngineWorker:
         t = timings(result.metrics, len(req.prompt), started - job.submitted)
         # counters first, so a client reading /metrics right after its answer sees its own request in them
         self.metrics.finished(openai_finish, result.metrics, len(req.prompt))
+        if finish == "cancelled" and job.ending is not None:
+            _emit(job, "error", job.ending)
+            return
         _emit(job, "done", {
             "finish_reason": openai_finish if finish != "cancelled" else None,
             "engine_finish_reason": finish,
