@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Sequence
 
 import tiny
@@ -23,6 +28,7 @@ from csdrafting import CascadeConfig, MaxGram
 from csdrafting.backends.hf import HFCausalLM
 from csdrafting.protocol import CSDraftingError
 
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-cascade"
 K = [[3, 6], [0, 3]]  # the 1st drafter fills 3 positions reviewing Max-Gram's, Max-Gram 3 more
 
@@ -143,6 +149,47 @@ def running_server(app):
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server_process(*args: str) -> tuple[subprocess.Popen, str]:
+    """This file's `serve` command in its own process; returns it and its base URL once it answers."""
+    port = free_port()
+    return launch([sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(port), *args], port)
+
+
+def launch(cmd: list[str], port: int, timeout: float = 120, cwd: str | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a server command (with this checkout's sources first on the path) and wait until /health answers."""
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+    log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads could fill and block the server
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"the server did not start: {output(proc)[-2000:]}")
+        time.sleep(0.2)
+
+
+def output(proc: subprocess.Popen) -> str:
+    """What a process from `launch` has written so far."""
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def load_figures() -> None:

@@ -5,14 +5,9 @@ a clean error, and exits."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,39 +16,12 @@ import torch
 import serve_tiny
 from csdrafting import Cascade
 
-ROOT = Path(__file__).resolve().parents[1]
 GRACE = 3.0
 STEP_DELAY = 0.1  # seconds added to each target forward pass: the long request takes ~8 s
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_tiny_server(*args: str) -> tuple[subprocess.Popen, str]:
-    """tests/serve_tiny.py serve in its own process; returns it and its base URL once it answers."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "serve_tiny.py"), "serve", "--port", str(port), *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the server did not start: {proc.communicate()[0][-2000:]}")
-        time.sleep(0.2)
-
-
 def test_sigterm_finishes_what_fits_in_the_grace_period_then_ends_the_rest_cleanly():
-    proc, base = start_tiny_server("--shutdown-timeout", str(GRACE), "--step-delay", str(STEP_DELAY))
+    proc, base = serve_tiny.start_server_process("--shutdown-timeout", str(GRACE), "--step-delay", str(STEP_DELAY))
     try:
         # the tiny target ends these after 13 and 136 tokens
         short = {"prompt": "class Stack:", "max_tokens": 100, "temperature": 0}
@@ -87,7 +55,7 @@ def test_sigterm_finishes_what_fits_in_the_grace_period_then_ends_the_rest_clean
         a.join(60)
         b.join(60)
         code = proc.wait(GRACE + 30)
-        output = proc.stdout.read()
+        output = serve_tiny.output(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
