@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from starlette.requests import ClientDisconnect
+
 from .answers import DONE, dump_json, internal_error, sse
 
 log = logging.getLogger("csdrafting.serve")
@@ -39,10 +41,12 @@ class LastResort:
 
         try:
             await self.app(scope, receive, tracked)
+        except ClientDisconnect:
+            log.debug("client left during %s", scope.get("path"))  # nobody to answer
         except Exception as exc:
+            log.exception("unhandled error on %s", scope.get("path"))
             if state["ended"]:
                 return  # answered already (a handler failed after its response was complete)
-            log.exception("unhandled error on %s", scope.get("path"))
             err = internal_error(exc)
             try:
                 if not state["started"]:
