@@ -302,3 +302,33 @@ def test_an_error_of_the_server_is_a_500_and_the_connection_stays():
         worker.broken_metrics = False
         r = s.post("/v1/completions", b'{"prompt": "fine", "max_tokens": 2}')
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1  # same connection (post checks)
+
+
+@pytest.mark.real
+def test_the_real_tokenizer_and_chat_template_refuse_by_field(qwen05_gguf):
+    """Text with every code point through the packaged model's llama.cpp tokenizer and chat template:
+    each request either validates or is a 400 naming the field (never another exception)."""
+    from csdrafting.serve.schema import APIError, parse
+    from csdrafting.spec import CascadeSpec, build
+
+    target, drafters, config = build(CascadeSpec(target="qwen2.5-coder-0.5b:Q4_K_M", drafters=["maxgram"], k=[[4]],
+                                                 n_ctx=2048), progress=False)
+    worker = EngineWorker(target, drafters, config, model_name="qwen")
+    seen = {"ok": 0, "refused": 0}
+    plain = st.text(st.characters(exclude_categories=()), min_size=1, max_size=40)
+    text = st.one_of(plain, st.builds(lambda a, s, b: a + s + b, plain, SURROGATES, plain))
+
+    @settings(max_examples=1500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(text, st.sampled_from(["completion", "chat"]))
+    def one(t: str, kind: str) -> None:
+        body = {"prompt": t} if kind == "completion" else {"messages": [{"role": "user", "content": t}]}
+        try:
+            req = parse(body, kind, worker)
+            assert req.prompt
+            seen["ok"] += 1
+        except APIError as err:
+            assert err.status == 400 and err.param in ("prompt", "messages", "messages[0].content"), (ascii(t), err.message)
+            seen["refused"] += 1
+
+    one()
+    assert seen["ok"] > 100 and seen["refused"] > 10, seen
