@@ -75,6 +75,7 @@ class Gate:
         self.waiting = False
         self.fail_next = False  # the next extend() raises, as a backend fault would
         self.delay = delay
+        self.calls: list[float] = []  # when each extend() began (after its permit)
 
     def allow(self, n: float) -> None:
         with self._cond:
@@ -95,6 +96,7 @@ class Gate:
                 raise RuntimeError("test gate never opened")
             self.waiting = False
             self._permits -= 1
+            self.calls.append(time.monotonic())
             if self.fail_next:
                 self.fail_next = False
                 raise RuntimeError("injected backend fault")
@@ -127,15 +129,16 @@ def cascade_parts(tokenizer: CharTokenizer | None = None):
 
 
 @contextlib.contextmanager
-def running_server(app):
-    """uvicorn on a free loopback port in a background thread; yields the base URL (…/v1)."""
+def running_server(app, **config):
+    """uvicorn on a free loopback port in a background thread; yields the base URL (…/v1). `config`: more
+    uvicorn.Config settings."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5, **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

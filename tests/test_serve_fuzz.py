@@ -56,7 +56,10 @@ def fuzz_server():
     worker = EngineWorker(target, drafters, config, model_name=MODEL, max_queue=4, default_max_tokens=3)
     ref_target, ref_drafters, _ = parts()
     want = Cascade(ref_target, ref_drafters, config).generate(TOK.encode(PROBE["prompt"]), PROBE["max_tokens"])
-    with serve_tiny.running_server(create_app(worker, max_body_bytes=64 * 1024)) as url:
+    # uvicorn closes a connection idle for timeout_keep_alive (5 s): on a busy machine a pause between two
+    # bodies could pass for a connection the server dropped, so the fuzz connection may idle for an hour
+    app = create_app(worker, max_body_bytes=64 * 1024)
+    with serve_tiny.running_server(app, timeout_keep_alive=3600) as url:
         with httpx.Client(base_url=url.removesuffix("/v1"), timeout=60,
                           limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)) as client:
             yield Sender(client, TOK.decode(want.tokens, skip_special_tokens=True))
@@ -69,6 +72,7 @@ class Sender:
         self.client = client
         self.probe_text = probe_text
         self.address = None
+        self.last = b""
         self.sent = {"/v1/completions": 0, "/v1/chat/completions": 0}
         self.statuses: dict[int, int] = {}
 
@@ -76,10 +80,11 @@ class Sender:
         r = self.client.post(path, content=content, headers={"content-type": "application/json"})
         stream = r.extensions.get("network_stream")
         address = stream.get_extra_info("client_addr") if stream is not None else None
-        if self.address is None:
-            self.address = address
-        assert address == self.address, "the server closed the connection: the client had to open a new one"
-        assert r.headers.get("connection", "").lower() != "close", r.text[:300]
+        before, self.address = self.address, address
+        if before is not None and address != before:  # the body BEFORE this one is the one that broke it
+            raise AssertionError(f"the server closed the connection after {self.last!r} ({path})")
+        assert r.headers.get("connection", "").lower() != "close", (r.text[:300], content[:300])
+        self.last = content[:300]
         return r
 
     def send(self, path: str, content: bytes) -> None:
