@@ -265,6 +265,7 @@ def test_the_reported_inputs_get_clear_answers(fuzz_server):
     refused({**base, "cascade": []}, "cascade", "JSON object")
     refused({**base, "model": 5}, "model", "must be a string")
     refused({**base, "stop": "x" * 2000}, "stop", "at most 1024 characters")
+    refused({**base, "stop": ["ok", "\udc00"]}, "stop", "lone surrogate")
     # bodies refused before (or while) they are read leave the connection usable too
     assert post(None, raw=json.dumps({"prompt": "x" * 100_000}).encode()).status_code == 413
     assert post(None, raw=b"[" * 60_000).json()["error"]["code"] == "invalid_json"

@@ -162,7 +162,7 @@ def _stops(v: Any) -> tuple[str, ...]:
         raise _bad(f"'stop' strings must be at most {MAX_STOP_CHARS} characters long", "stop")
     if len(stops) > MAX_STOPS:
         raise _bad(f"at most {MAX_STOPS} stop strings (got {len(stops)})", "stop")
-    return tuple(dict.fromkeys(stops))
+    return tuple(dict.fromkeys(_text(s, "stop") for s in stops))  # decoded text never holds a lone surrogate
 
 
 def _message_text(i: int, m: Any) -> dict:
