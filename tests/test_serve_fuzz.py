@@ -341,3 +341,47 @@ def test_the_real_tokenizer_and_chat_template_refuse_by_field(qwen05_gguf):
 
     one()
     assert seen["ok"] > 100 and seen["refused"] > 10, seen
+
+
+def test_the_last_handler_ends_whatever_was_begun():
+    """guard.LastResort alone: an exception before, during and after an answer never escapes, and what
+    was begun is ended properly."""
+    import asyncio
+
+    from csdrafting.serve.guard import LastResort
+
+    async def run(app) -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        await LastResort(app)({"type": "http", "path": "/v1/x"}, receive, send)
+        return sent
+
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+
+    async def before(scope, receive, send):
+        raise RuntimeError("boom \ud800")  # even an unencodable message
+
+    async def during(scope, receive, send):
+        await send(start)
+        await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+        raise RuntimeError("boom")
+
+    async def after(scope, receive, send):
+        await send(start)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        raise RuntimeError("boom")
+
+    sent = asyncio.run(run(before))
+    assert sent[0]["status"] == 500 and len(sent) == 2
+    assert json.loads(sent[1]["body"])["error"]["message"] == "internal error: RuntimeError: boom \ud800"
+    sent = asyncio.run(run(during))
+    assert len(sent) == 3 and not sent[-1].get("more_body", False)
+    events = sent[-1]["body"].decode().split("\n\n")
+    assert "RuntimeError: boom" in json.loads(events[0].removeprefix("data: "))["error"]["message"] and events[1] == "data: [DONE]"
+    assert len(asyncio.run(run(after))) == 2  # complete already: nothing more is sent
