@@ -3,8 +3,9 @@
 The HTTP side (app.py) never touches a model. It validates a request, submits a Job and reads the Job's
 events (text pieces, then "done" or "error"); the worker thread runs the cascade and pushes those events
 through the Job's sink. A Job can be cancelled at any time: still queued, it is skipped; running, the
-engine stops after its current target step (StopGeneration from the on_tokens hook), so the next request
-finds the engine free at once. On shutdown (`drain`), queued and running Jobs may finish within a grace
+engine stops after its current target step (StopGeneration from the on_tokens hook), or, while a long
+prompt is prefilled, after its current prefill chunk (the on_prefill hook), so the next request finds
+the engine free at once. On shutdown (`drain`), queued and running Jobs may finish within a grace
 period; then they end with a 503 `shutting_down` error.
 
 Every request runs on a fresh Cascade over the shared models, and every model's cache is rolled back to
@@ -28,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from .. import text as text_mod
 from ..cascade.config import CascadeConfig
-from ..cascade.engine import Cascade, Drafter, StopGeneration
+from ..cascade.engine import PREFILL_CHUNK, Cascade, Drafter, StopGeneration
 from ..protocol import CSDraftingError, LanguageModel
 from .metrics import ServerMetrics, timings
 from .schema import APIError, GenerationRequest
@@ -145,11 +146,15 @@ class EngineWorker:
         default_max_tokens: int = 256,
         reuse_prefix: bool = False,
         describe: dict | None = None,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
         if max_queue < 0:
             raise CSDraftingError(f"max_queue must be >= 0 (got {max_queue})")
         if default_max_tokens < 1:
             raise CSDraftingError(f"default_max_tokens must be >= 1 (got {default_max_tokens})")
+        if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+            raise CSDraftingError(f"prefill_chunk must be a positive integer (got {prefill_chunk!r})")
+        self.prefill_chunk = prefill_chunk
         self.target = target
         self.drafters = list(drafters)
         self.base_config = config or CascadeConfig()
@@ -292,9 +297,14 @@ class EngineWorker:
             if job.cancelled.is_set():
                 raise StopGeneration("cancelled")
 
+        def on_prefill(done: int, total: int) -> None:
+            if job.cancelled.is_set():  # a client that left during a long prompt frees the engine within a chunk
+                raise StopGeneration("cancelled")
+
         keep = self.reuse_prefix and not self._cold_next
         self._cold_next = False
-        result = cascade.generate(req.prompt, req.max_tokens, req.sampling, on_tokens, keep_cache=keep)
+        result = cascade.generate(req.prompt, req.max_tokens, req.sampling, on_tokens, keep_cache=keep,
+                                  on_prefill=on_prefill, prefill_chunk=self.prefill_chunk)
         finish = result.finish_reason
         if finish in ("eos", "length"):
             text = out.finish()
