@@ -168,6 +168,7 @@ def test_completions_equal_the_library(server, reference):
         assert out.usage.prompt_tokens == len(prompt) and out.usage.completion_tokens == len(r.tokens)
         timings = out.model_extra["timings"]
         assert timings["predicted_n"] == len(r.tokens) and timings["draft_n"] >= timings["draft_n_accepted"]
+        assert timings["prompt_ms"] > 0 and timings["predicted_ms"] > 0  # the prefill, then the decoding
         assert [lv["drafted"] for lv in timings["levels"]] == [lv.drafted for lv in r.metrics.levels]
         # streamed: the same text, in pieces, then a final chunk with the finish reason and timings
         chunks = list(c.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stream=True))
