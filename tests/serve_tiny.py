@@ -129,6 +129,20 @@ def cascade_parts(tokenizer: CharTokenizer | None = None):
 
 
 @contextlib.contextmanager
+def one_torch_thread():
+    """2 cores are shared by the server's engine thread, the clients and the references: torch's own
+    threads would only contend with them."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
 def running_server(app, **config):
     """uvicorn on a free loopback port in a background thread; yields the base URL (…/v1). `config`: more
     uvicorn.Config settings."""

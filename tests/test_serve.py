@@ -16,7 +16,6 @@ from typing import Literal
 import httpx
 import openai
 import pytest
-import torch
 
 import serve_tiny
 import tiny
@@ -35,11 +34,8 @@ TOK = serve_tiny.CharTokenizer()
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    # 2 cores shared by the server's engine thread, the clients and the references
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with serve_tiny.one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import time
 
 import httpx
 import pytest
-import torch
 
 import serve_tiny
 from csdrafting import Cascade
@@ -26,10 +25,8 @@ PROMPT = ("def add(a, b): return a + b  # " * 12)[:CHUNK * 10]  # ten chunks
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with serve_tiny.one_torch_thread():
+        yield
 
 
 def _until(cond, timeout: float = 30.0, step: float = 0.002) -> float:
