@@ -77,3 +77,23 @@ def test_sigterm_finishes_what_fits_in_the_grace_period_then_ends_the_rest_clean
     assert err["code"] == "shutting_down" and "grace period (3 s)" in err["message"], err
     assert any(json.loads(e)["choices"][0]["text"] for e in events[:-2])
     assert GRACE - 0.5 < times[-2] - sent < GRACE + 3, times[-2] - sent
+
+
+def test_a_draining_worker_refuses_new_requests_and_serves_again_once_restarted():
+    from csdrafting.serve import APIError, EngineWorker
+    from csdrafting.serve.schema import parse
+
+    target, drafters, config = serve_tiny.cascade_parts()
+    worker = EngineWorker(target, drafters, config, model_name=serve_tiny.MODEL)
+    request = parse({"prompt": "abc", "max_tokens": 2}, "completion", worker)
+    worker.start()
+    worker.drain(0.0)
+    with pytest.raises(APIError) as e:
+        worker.submit(request, lambda kind, payload: None)
+    assert e.value.status == 503 and e.value.code == "shutting_down"
+    worker.stop()
+    worker.start()
+    done = threading.Event()
+    worker.submit(request, lambda kind, payload: kind == "done" and done.set())
+    assert done.wait(30)
+    worker.stop()

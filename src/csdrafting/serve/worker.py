@@ -218,6 +218,7 @@ class EngineWorker:
     def start(self) -> None:
         if self._thread is None:
             self._stopping = False
+            self._draining = None  # a worker stopped after a drain serves again once restarted
             self._thread = threading.Thread(target=self._loop, name="csdrafting-engine", daemon=True)
             self._thread.start()
 
