@@ -16,13 +16,13 @@ from typing import Literal
 import httpx
 import openai
 import pytest
-import torch
 
 import serve_tiny
+import tiny
 from csdrafting import Cascade, SamplingConfig
 from csdrafting.serve import EngineWorker, StopScanner, create_app
 from csdrafting.serve.knobs import override
-from csdrafting.serve.load import default_requests, run_load
+from csdrafting.serve.loadtest import default_requests, run_load
 from csdrafting.serve.metrics import parse_prometheus
 from csdrafting.protocol import CSDraftingError
 from csdrafting.cascade.config import CascadeConfig, KMatrix
@@ -34,11 +34,8 @@ TOK = serve_tiny.CharTokenizer()
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    # 2 cores shared by the server's engine thread, the clients and the references
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with serve_tiny.one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +164,7 @@ def test_completions_equal_the_library(server, reference):
         assert out.usage.prompt_tokens == len(prompt) and out.usage.completion_tokens == len(r.tokens)
         timings = out.model_extra["timings"]
         assert timings["predicted_n"] == len(r.tokens) and timings["draft_n"] >= timings["draft_n_accepted"]
+        assert timings["prompt_ms"] > 0 and timings["predicted_ms"] > 0  # the prefill, then the decoding
         assert [lv["drafted"] for lv in timings["levels"]] == [lv.drafted for lv in r.metrics.levels]
         # streamed: the same text, in pieces, then a final chunk with the finish reason and timings
         chunks = list(c.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stream=True))
@@ -214,6 +212,42 @@ def test_stop_strings_cut_the_text_streamed_or_not(server, reference):
     # a stop that never occurs changes nothing
     out = c.completions.create(model=MODEL, prompt=prompt, max_tokens=40, temperature=0, stop=["@@@@"])
     assert out.choices[0].text == full
+
+
+def test_usage_counts_the_answers_tokens_the_same_way_in_both_endpoints(server, reference):
+    """completion_tokens: every token of the answer, the end token included when the model ended, up to the
+    token that completed a stop string, whatever batch the cascade produced it in."""
+    url, _ = server
+    c = client(url)
+    prompt = PROMPTS[0]
+    full, r = reference(prompt, 200)
+    assert r.finish_reason == "eos" and r.tokens[-1] == tiny.EOS
+    stop = full[10:13]
+    cut = full.find(stop)
+    upto = next(n for n in range(1, len(r.tokens)) if stop in TOK.decode(r.tokens[:n], skip_special_tokens=True))
+    for stream in (False, True):
+        assert _answer(c, "completion", stream, prompt=prompt, max_tokens=200) == (full, "stop", len(r.tokens))
+        assert _answer(c, "completion", stream, prompt=prompt, max_tokens=5) == (
+            TOK.decode(r.tokens[:5], skip_special_tokens=True), "length", 5)
+        assert _answer(c, "completion", stream, prompt=prompt, max_tokens=200, stop=stop) == (full[:cut], "stop", upto)
+    chat_full, r = reference(prompt, 200, chat=True)
+    assert r.finish_reason == "eos"
+    for stream in (False, True):
+        out = _answer(c, "chat", stream, messages=[{"role": "user", "content": prompt}], max_tokens=200)
+        assert out == (chat_full, "stop", len(r.tokens))  # the end token counts, in chat as in completions
+
+
+def _answer(c, kind, stream, **kw):
+    """(text, finish_reason, usage.completion_tokens) of one request."""
+    api = c.chat.completions if kind == "chat" else c.completions
+    if not stream:
+        out = api.create(model=MODEL, temperature=0, **kw)
+        ch = out.choices[0]
+        return (ch.message.content if kind == "chat" else ch.text), ch.finish_reason, out.usage.completion_tokens
+    chunks = list(api.create(model=MODEL, temperature=0, stream=True, stream_options={"include_usage": True}, **kw))
+    pieces = [(ch.choices[0].delta.content or "") if kind == "chat" else ch.choices[0].text for ch in chunks if ch.choices]
+    finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    return "".join(pieces), finish[-1], chunks[-1].usage.completion_tokens
 
 
 def test_seeds_reproduce_and_match_the_library(server, reference):
@@ -408,7 +442,8 @@ def test_every_bad_input_gets_an_openai_error(server, reference):
         (openai.BadRequestError, dict(model=MODEL, prompt="a", n=2), "'n' = 2 is not supported", "n"),
         (openai.BadRequestError, dict(model=MODEL, prompt="a", logprobs=2), "'logprobs' = 2 is not supported", "logprobs"),
         (openai.BadRequestError, dict(model=MODEL, prompt="a", extra_body={"mirostat": 2}), "unsupported field(s) ['mirostat']", "mirostat"),
-        (openai.BadRequestError, dict(model=MODEL, prompt="a", temperature=-1), "'temperature' must be >= 0", "temperature"),
+        (openai.BadRequestError, dict(model=MODEL, prompt="a", temperature=-1), "'temperature' must be in [0, 2]", "temperature"),
+        (openai.BadRequestError, dict(model=MODEL, prompt="a", temperature=3), "'temperature' must be in [0, 2]", "temperature"),
         (openai.BadRequestError, dict(model=MODEL, prompt="a", top_p=0), "'top_p' must be in (0, 1]", "top_p"),
         (openai.BadRequestError, dict(model=MODEL, prompt="a", stop=[""]), "must not be empty", "stop"),
         (openai.BadRequestError, dict(model=MODEL, prompt=""), "'prompt' is empty", "prompt"),

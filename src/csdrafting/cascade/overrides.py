@@ -11,6 +11,7 @@ Fields renamed since a client was written keep their old spelling (`LEGACY_FIELD
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from typing import Any, Literal, Mapping, Union
@@ -112,6 +113,8 @@ def _convert(name: str, value: Any, hint: Any, spelling: str, words: tuple[str, 
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CSDraftingError(f"{noun} {name!r} must be a number (got {value!r})")
+        if not -sys.float_info.max <= value <= sys.float_info.max:  # JSON integers have no bound; floats do
+            raise CSDraftingError(f"{noun} {name!r} must be a finite number of float size")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

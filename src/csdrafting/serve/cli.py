@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cascade.engine import PREFILL_CHUNK
 from ..protocol import CSDraftingError
 
 
@@ -19,14 +20,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="tokens generated when a chat request gives no max_tokens (completions: 16, as OpenAI)")
     g.add_argument("--reuse-prefix", action="store_true",
                    help="keep each model's KV cache between requests and reuse the common prefix (same output, less prefill)")
+    g.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK,
+                   help="prompts are prefilled in passes of this many tokens; a client that leaves mid-prefill "
+                        f"frees the engine at the end of the pass under way (default {PREFILL_CHUNK})")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGTERM/SIGINT, seconds that queued and running requests may take to finish; "
+                        "then they end with a 503 shutting_down error (default 30)")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def run(args: argparse.Namespace, spec) -> int:
     try:
-        import uvicorn
-
         from .app import create_app
+        from .server import make_server
     except ImportError as exc:
         raise CSDraftingError(f"`csdrafting serve` needs the serve extra: pip install 'csdrafting[serve]' ({exc})") from None
     from ..spec import build
@@ -36,6 +42,10 @@ def run(args: argparse.Namespace, spec) -> int:
         raise CSDraftingError(f"--port must be in 1..65535 (got {args.port})")
     if args.max_queue < 0 or args.default_max_tokens < 1:
         raise CSDraftingError(f"--max-queue must be >= 0 and --default-max-tokens >= 1 (got {args.max_queue}, {args.default_max_tokens})")
+    if args.prefill_chunk < 1:
+        raise CSDraftingError(f"--prefill-chunk must be >= 1 (got {args.prefill_chunk})")
+    if not args.shutdown_timeout >= 0:
+        raise CSDraftingError(f"--shutdown-timeout must be >= 0 seconds (got {args.shutdown_timeout})")
     if args.max_body_bytes < 1024:
         raise CSDraftingError(f"--max-body-bytes must be at least 1024 (got {args.max_body_bytes})")
     print(f"# {spec.describe()}", file=sys.stderr)
@@ -47,8 +57,9 @@ def run(args: argparse.Namespace, spec) -> int:
         default_max_tokens=args.default_max_tokens,
         reuse_prefix=args.reuse_prefix,
         describe=spec.to_json(),
+        prefill_chunk=args.prefill_chunk,
     )
     app = create_app(worker, max_body_bytes=args.max_body_bytes)
     print(f"# serving {worker.model_name!r} on http://{args.host}:{args.port}/v1 (queue {args.max_queue})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    make_server(app, worker, grace=args.shutdown_timeout, host=args.host, port=args.port, log_level=args.log_level).run()
     return 0

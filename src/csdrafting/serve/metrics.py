@@ -49,17 +49,20 @@ def _level(lv: LevelMetrics) -> dict:
 def timings(m: GenerationMetrics, prompt_n: int, queue_s: float) -> dict:
     """llama.cpp's `timings` object, extended per cascade level.
 
-    predicted_ms covers the whole generation, prompt processing included: the engine does not time the
-    prefill apart from the first step, so there is no prompt_ms.
+    As in llama.cpp, prompt_ms is the prefill and predicted_ms the decoding after it. The engine prefills
+    all of the prompt but its last token apart (that one goes into the first review), so prompt_ms
+    covers prompt_n - 1 tokens.
     """
     drafts, draft_n, accepted, per_pos = spec_counts(m)
-    ms = m.seconds * 1000
+    ms = m.decode_seconds * 1000
     return {
         "prompt_n": prompt_n,
+        "prompt_ms": m.prefill_seconds * 1000,
+        "prompt_per_second": (prompt_n - 1) / m.prefill_seconds if prompt_n > 1 and m.prefill_seconds > 0 else None,
         "predicted_n": m.new_tokens,
         "predicted_ms": ms,
         "predicted_per_token_ms": ms / m.new_tokens if m.new_tokens else None,
-        "predicted_per_second": m.tokens_per_second,
+        "predicted_per_second": m.decode_tokens_per_second,
         "queue_ms": queue_s * 1000,
         "target_steps": m.target_steps,
         "draft_count": drafts,

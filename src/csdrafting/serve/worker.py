@@ -3,8 +3,10 @@
 The HTTP side (app.py) never touches a model. It validates a request, submits a Job and reads the Job's
 events (text pieces, then "done" or "error"); the worker thread runs the cascade and pushes those events
 through the Job's sink. A Job can be cancelled at any time: still queued, it is skipped; running, the
-engine stops after its current target step (StopGeneration from the on_tokens hook), so the next request
-finds the engine free at once.
+engine stops after its current target step (StopGeneration from the on_tokens hook), or, while a long
+prompt is prefilled, after its current prefill chunk (the on_prefill hook), so the next request finds
+the engine free at once. On shutdown (`drain`), queued and running Jobs may finish within a grace
+period; then they end with a 503 `shutting_down` error.
 
 Every request runs on a fresh Cascade over the shared models, and every model's cache is rolled back to
 empty when a generation begins (unless prefix reuse is asked for, which changes no output), so no
@@ -27,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from .. import text as text_mod
 from ..cascade.config import CascadeConfig
-from ..cascade.engine import Cascade, Drafter, StopGeneration
+from ..cascade.engine import PREFILL_CHUNK, Cascade, Drafter, StopGeneration
 from ..protocol import CSDraftingError, LanguageModel
 from .metrics import ServerMetrics, timings
 from .schema import APIError, GenerationRequest
@@ -82,6 +84,35 @@ class StopScanner:
         return out
 
 
+class TextOut:
+    """Generated tokens -> the answer's text, fed ONE token at a time, so that a stop string ends the
+    answer, and its token count, where token-by-token decoding would have, whatever batches the cascade
+    produced. `tokens` is usage.completion_tokens: every token of the answer, the end-of-sequence token
+    included when the model ended (as vLLM counts), up to the one that completed a stop string."""
+
+    def __init__(self, model, stops: Sequence[str]) -> None:
+        self.decoder = text_mod.StreamText(model)
+        self.scanner = StopScanner(stops)
+        self.tokens = 0
+        self.stopped = False
+
+    def push(self, tokens: Sequence[int]) -> str:
+        """The text now safe to send; sets `stopped` when a stop string was found (later tokens are dropped)."""
+        out = []
+        for t in tokens:
+            if self.stopped:
+                break
+            self.tokens += 1
+            piece, self.stopped = self.scanner.push(self.decoder.push([t]))
+            out.append(piece)
+        return "".join(out)
+
+    def finish(self) -> str:
+        """What the decoder still held when the generation ended."""
+        piece, self.stopped = self.scanner.push(self.decoder.flush())
+        return piece if self.stopped else piece + self.scanner.release()
+
+
 @dataclass
 class Job:
     request: GenerationRequest
@@ -89,8 +120,11 @@ class Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    ending: APIError | None = None  # why the server ended it (shutdown); None when its client left
 
-    def cancel(self) -> None:
+    def cancel(self, error: APIError | None = None) -> None:
+        if error is not None and not self.cancelled.is_set():
+            self.ending = error
         self.cancelled.set()
 
 
@@ -112,11 +146,15 @@ class EngineWorker:
         default_max_tokens: int = 256,
         reuse_prefix: bool = False,
         describe: dict | None = None,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
         if max_queue < 0:
             raise CSDraftingError(f"max_queue must be >= 0 (got {max_queue})")
         if default_max_tokens < 1:
             raise CSDraftingError(f"default_max_tokens must be >= 1 (got {default_max_tokens})")
+        if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+            raise CSDraftingError(f"prefill_chunk must be a positive integer (got {prefill_chunk!r})")
+        self.prefill_chunk = prefill_chunk
         self.target = target
         self.drafters = list(drafters)
         self.base_config = config or CascadeConfig()
@@ -136,6 +174,7 @@ class EngineWorker:
         self._running: Job | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._draining: threading.Timer | None = None
         self._mean_seconds = 1.0  # running mean of request durations, for Retry-After
         self._cold_next = False  # after a failed generation, the next one starts from empty caches
 
@@ -163,7 +202,7 @@ class EngineWorker:
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
         job = Job(request, sink)
         with self._cond:
-            if self._stopping:
+            if self._stopping or self._draining is not None:
                 raise APIError(503, "the server is shutting down", code="shutting_down")
             if self.n_waiting + self.n_running > self.max_queue:
                 self.metrics.rejected("queue_full")
@@ -179,8 +218,26 @@ class EngineWorker:
     def start(self) -> None:
         if self._thread is None:
             self._stopping = False
+            self._draining = None  # a worker stopped after a drain serves again once restarted
             self._thread = threading.Thread(target=self._loop, name="csdrafting-engine", daemon=True)
             self._thread.start()
+
+    def drain(self, grace: float) -> None:
+        """Take no more requests; those queued or running may finish within `grace` seconds, then each
+        ends with a 503 `shutting_down` error, at its engine's next step."""
+        with self._cond:
+            if self._draining is not None:
+                return
+            self._draining = threading.Timer(grace, self._end_all, args=(grace,))
+        self._draining.daemon = True
+        self._draining.start()
+
+    def _end_all(self, grace: float) -> None:
+        err = APIError(503, f"the server is shutting down and this request did not finish within its grace period "
+                            f"({grace:g} s)", code="shutting_down")
+        with self._cond:
+            for job in [*self._waiting, *([self._running] if self._running else [])]:
+                job.cancel(err)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Cancel what is queued and running, and end the thread."""
@@ -194,6 +251,8 @@ class EngineWorker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._draining is not None:
+            self._draining.cancel()
 
     def _loop(self) -> None:
         while True:
@@ -207,7 +266,8 @@ class EngineWorker:
             try:
                 if job.cancelled.is_set():
                     self.metrics.finished("abort", None, 0)
-                    _emit(job, "error", APIError(499, "the client went away before its request started", code="cancelled"))
+                    _emit(job, "error", job.ending or APIError(499, "the client went away before its request started",
+                                                                 code="cancelled"))
                 else:
                     self._run(job)
             except CSDraftingError as exc:
@@ -227,28 +287,31 @@ class EngineWorker:
         req = job.request
         started = time.perf_counter()
         cascade = Cascade(self.target, self.drafters, req.config)
-        decoder = text_mod.StreamText(self._text_model)
-        scanner = StopScanner(req.stop)
+        out = TextOut(self._text_model, req.stop)
 
         def on_tokens(tokens: list[int]) -> None:
-            out, hit = scanner.push(decoder.push(tokens))
-            if out:
-                _emit(job, "text", out)
-            if hit:
+            text = out.push(tokens)
+            if text:
+                _emit(job, "text", text)
+            if out.stopped:
                 raise StopGeneration("stop")
             if job.cancelled.is_set():
                 raise StopGeneration("cancelled")
 
+        def on_prefill(done: int, total: int) -> None:
+            if job.cancelled.is_set():  # a client that left during a long prompt frees the engine within a chunk
+                raise StopGeneration("cancelled")
+
         keep = self.reuse_prefix and not self._cold_next
         self._cold_next = False
-        result = cascade.generate(req.prompt, req.max_tokens, req.sampling, on_tokens, keep_cache=keep)
+        result = cascade.generate(req.prompt, req.max_tokens, req.sampling, on_tokens, keep_cache=keep,
+                                  on_prefill=on_prefill, prefill_chunk=self.prefill_chunk)
         finish = result.finish_reason
         if finish in ("eos", "length"):
-            out, hit = scanner.push(decoder.flush())
-            out += "" if hit else scanner.release()
-            if out:
-                _emit(job, "text", out)
-            if hit:
+            text = out.finish()
+            if text:
+                _emit(job, "text", text)
+            if out.stopped:
                 finish = "stop"
         openai_finish = {"eos": "stop", "stop": "stop", "length": "length"}.get(finish, "abort")
         elapsed = time.perf_counter() - started
@@ -256,11 +319,14 @@ class EngineWorker:
         t = timings(result.metrics, len(req.prompt), started - job.submitted)
         # counters first, so a client reading /metrics right after its answer sees its own request in them
         self.metrics.finished(openai_finish, result.metrics, len(req.prompt))
+        if finish == "cancelled" and job.ending is not None:
+            _emit(job, "error", job.ending)
+            return
         _emit(job, "done", {
             "finish_reason": openai_finish if finish != "cancelled" else None,
             "engine_finish_reason": finish,
-            "usage": {"prompt_tokens": len(req.prompt), "completion_tokens": len(result.tokens),
-                      "total_tokens": len(req.prompt) + len(result.tokens)},
+            "usage": {"prompt_tokens": len(req.prompt), "completion_tokens": out.tokens,
+                      "total_tokens": len(req.prompt) + out.tokens},
             "timings": t,
         })
 

@@ -1,7 +1,7 @@
 """A bounded load test against any OpenAI-compatible server: N concurrent clients, each sending its
 requests one after the other with the `openai` package. Reports latency percentiles, tokens/s and errors.
 
-    python -m csdrafting.serve.load --url http://127.0.0.1:8000/v1 --clients 16 --requests 3
+    python -m csdrafting.serve.loadtest --url http://127.0.0.1:8000/v1 --clients 16 --requests 3
 
 It is a measurement command: the numbers depend on the machine and the models, and nothing asserts them.
 """
@@ -149,7 +149,7 @@ def default_requests(model: str, clients: int, per_client: int, max_tokens: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m csdrafting.serve.load", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m csdrafting.serve.loadtest", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8000/v1")
     p.add_argument("--model", help="model id (default: the first of GET /v1/models)")
     p.add_argument("--clients", type=int, default=16)
