@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..protocol import CSDraftingError
+from . import ray_cli
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -20,9 +21,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reuse-prefix", action="store_true",
                    help="keep each model's KV cache between requests and reuse the common prefix (same output, less prefill)")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    ray_cli.add_args(p)
 
 
 def run(args: argparse.Namespace, spec) -> int:
+    if ray_cli.wanted(args):
+        return ray_cli.run(args, spec)
     try:
         import uvicorn
 
