@@ -110,13 +110,53 @@ def test_conversation_text_and_prefix_index():
     index = PrefixIndex(block_chars=16)
     assert index.lookup(t2) == (None, 0)
     index.record(t1, "r1")
-    owner, n = index.lookup(t2)
-    assert owner == "r1" and len(t1) - 16 < n <= len(t1)
-    index.record("something else entirely, long enough", "r2")
-    assert index.lookup(t2)[0] == "r1" and index.lookup(t1 + " more")[0] == "r1"
+    assert index.lookup(t2) == ("r1", len(t1)) and index.lookup(t1) == ("r1", len(t1))
+    assert index.lookup(t1[:-1]) == (None, 0)  # only a whole earlier request counts
+    # a request that shares only a template (or a system prompt) with an earlier one is not its continuation
+    other = conversation_text("/v1/chat/completions", _json([{"role": "user", "content": "def add(a, b): return the diff"}]))
+    assert other[:25] == t1[:25] and index.lookup(other) == (None, 0)
+    index.record(other, "r2")
+    index.record(t2, "r2")  # the conversation moved: its next turn follows it
+    assert index.lookup(t2 + "more") == ("r2", len(t2)) and index.lookup(t1 + "x") == ("r1", len(t1))
+    short = PrefixIndex(block_chars=16)
+    short.record("abc", "r3")  # shorter than a block
+    assert short.lookup("abcdef") == ("r3", 3) and short.lookup("ab") == (None, 0)
     small = PrefixIndex(block_chars=4, capacity=3)
     small.record("aaaabbbbccccdddd", "r1")  # 4 blocks, only the 3 most recent are kept
     assert small.lookup("aaaabbbbccccdddd") == (None, 0)
+
+
+def test_command_line_maps_to_ray_serve_options():
+    import argparse
+    import subprocess
+    import sys
+
+    from csdrafting.protocol import CSDraftingError
+    from csdrafting.serve import cli, ray_cli
+    from csdrafting.serve.ray_app import application
+
+    p = argparse.ArgumentParser()
+    cli.add_args(p)
+    assert not ray_cli.wanted(p.parse_args([]))  # the single-process server stays the default ...
+    code = "import sys, csdrafting.cli, csdrafting.serve.cli, csdrafting.serve.app; sys.exit('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # ... and does not import Ray
+    args = p.parse_args(["--min-replicas", "1", "--max-replicas", "3", "--max-queue", "4"])
+    assert ray_cli.wanted(args)
+    options = ray_cli.check(args, threads=2)
+    assert options["replicas"] == 1 and options["replica_cpus"] == 2 and options["max_queued"] is None
+    for bad, message in ((["--replicas", "0"], "must be >= 1"), (["--min-replicas", "3", "--max-replicas", "2"], "is above"),
+                         (["--replicas", "2", "--replica-cpus", "0"], "--replica-cpus must be > 0")):
+        with pytest.raises(CSDraftingError, match=message):
+            ray_cli.check(p.parse_args(bad), threads=2)
+    # what Ray Serve is given (read back from the bound application)
+    app = application(functools.partial(ray_tiny.tiny_worker), model_name=MODEL, **{**options, "max_queued": 7, "replicas": 2})
+    front = app._bound_deployment
+    cascade = front.init_args[0]._bound_deployment
+    assert (cascade.max_ongoing_requests, cascade.max_queued_requests) == (5, 7)  # max_queue + 1 running; Ray's queue
+    assert cascade.ray_actor_options["num_cpus"] == 2 and front.ray_actor_options["num_cpus"] == 0
+    scaling = cascade._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.initial_replicas) == (1, 3, 2)
+    assert cascade._deployment_config.request_router_config.request_router_class.endswith("PrefixAffinityRouter")
 
 
 def _json(messages) -> bytes:

@@ -247,7 +247,7 @@ async def _send_messages(send, messages: list[dict]) -> None:
 def application(make_worker: Callable[[], Any], *, model_name: str, replicas: int = 1, min_replicas: int | None = None,
                 max_replicas: int | None = None, max_queue: int = 16, max_queued: int | None = None,
                 max_body_bytes: int = 1 << 20, replica_cpus: float = 1.0, router: str = "affinity",
-                affinity_imbalance: int = 2, runtime_env: dict | None = None):
+                affinity_imbalance: int = 0, runtime_env: dict | None = None):
     """The Ray Serve application: `replicas` CascadeReplicas (autoscaled within min..max if given) behind a Front.
 
     make_worker builds a replica's EngineWorker in the replica's process (it is pickled there); its

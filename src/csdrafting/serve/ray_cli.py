@@ -30,8 +30,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="requests that may wait for a replica once every replica's queue is full; more get 503 (default: --max-queue)")
     g.add_argument("--router", choices=["affinity", "default"], default="affinity",
                    help="affinity: a conversation's next turn goes to the replica that served it (default); default: Ray's")
-    g.add_argument("--affinity-imbalance", type=int, default=2,
-                   help="affinity yields when its replica has this many more requests than the least busy one")
+    g.add_argument("--affinity-imbalance", type=int, default=0,
+                   help="affinity yields when its replica has more than this many requests more than the least busy one (default 0)")
 
 
 def wanted(args: argparse.Namespace) -> bool:
@@ -93,6 +93,8 @@ def run(args: argparse.Namespace, spec) -> int:
     print(f"# {spec.describe()}", file=sys.stderr)
     local = args.ray_address is None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if local:  # Ray starts workers at nice 15; a replica is the server itself, not background work
+        os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(**({"address": "local", "include_dashboard": False} if local else {"address": args.ray_address}),
              logging_level=args.log_level.upper())
     try:

@@ -1,5 +1,5 @@
-"""Conversation affinity: a Ray Serve request router that sends a request to the replica that last served
-the longest prefix of its conversation.
+"""Conversation affinity: a Ray Serve request router that sends a conversation's next turn to the replica that
+served its last one.
 
 A chat's next turn repeats the whole conversation so far, so its text begins with the previous turn's.
 Sent to the replica that served that turn, it finds the models' KV caches already holding the shared
@@ -7,18 +7,19 @@ prefix (`--reuse-prefix`: only the new part is evaluated) and a suffix drafter w
 (`--suffix-persist`) holds the earlier answer. Ray's default router (power of two choices) knows nothing
 of prompts and splits a conversation across replicas at random.
 
-The index is kept by each router (one per handle, i.e. per front replica) in blocks of characters under
-chained hashes, bounded in memory. Affinity yields to load: when the preferred replica has more requests
-in flight than the least busy other one by more than `max_imbalance`, or is full, the request goes where
-Ray's own rule would send it. Answers never depend on the routing (every replica runs the same cascade,
-and prefix reuse changes no output), only their cost does.
+The index (PrefixIndex) is kept by each router (one per handle, i.e. per front replica), bounded in
+memory. Affinity yields to load: when the preferred replica has more requests in flight than the least
+busy other one by more than `max_imbalance` (default 0: waiting behind a whole generation costs more
+than re-reading a conversation), or is full, the request goes where Ray's own rule would send it.
+Answers never depend on the routing (every replica runs the same cascade, and prefix reuse changes no
+output), only their cost does.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from typing import Any, Hashable
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
@@ -52,60 +53,93 @@ def conversation_text(path: str, body: bytes) -> str | None:
 
 
 class PrefixIndex:
-    """Which replica last served each block-aligned prefix of a text (an LRU of chained block hashes)."""
+    """The replica that last served each earlier request, found from any later text that begins with that
+    request's whole text (a conversation's next turn does; a request that only shares a template or a
+    system prompt with it does not, and goes where the load says).
 
-    def __init__(self, block_chars: int = 16, capacity: int = 500_000, max_blocks: int = 4096) -> None:
+    Texts are cut into blocks under chained hashes (an LRU bounded in blocks); the block in which a text
+    ends keeps the hash of its remainder, so a lookup walks the blocks of the new text once.
+    """
+
+    ROOT = None  # the "block" before the first one: texts shorter than a block end there
+
+    def __init__(self, block_chars: int = 16, capacity: int = 200_000, max_blocks: int = 4096, ends_per_block: int = 64) -> None:
         self.block = block_chars
         self.capacity = capacity
-        self.max_blocks = max_blocks  # only the first blocks of very long texts are indexed
-        self._owner: OrderedDict[int, Hashable] = OrderedDict()
+        self.max_blocks = max_blocks  # beyond them a text's tail is summarized by one hash
+        self.ends_per_block = ends_per_block
+        self._ends: OrderedDict[Hashable, dict[tuple[int, int], Hashable] | None] = OrderedDict()
 
-    def _hashes(self, text: str) -> list[int]:
+    def _chain(self, text: str) -> list[int]:
         out, h = [], 0
-        for i in range(0, min(len(text) // self.block, self.max_blocks)):
+        for i in range(min(len(text) // self.block, self.max_blocks)):
             h = hash((h, text[i * self.block : (i + 1) * self.block]))
             out.append(h)
         return out
 
-    def lookup(self, text: str) -> tuple[Hashable | None, int]:
-        """(owner of the longest indexed prefix, its length in characters); (None, 0) when none is."""
-        owner, n = None, 0
-        for i, h in enumerate(self._hashes(text)):
-            who = self._owner.get(h)
-            if who is None:
-                break
-            owner, n = who, (i + 1) * self.block
-        return owner, n
-
     def record(self, text: str, owner: Hashable) -> None:
-        for h in self._hashes(text):
-            self._owner[h] = owner
-            self._owner.move_to_end(h)
-        while len(self._owner) > self.capacity:
-            self._owner.popitem(last=False)
+        chain = self._chain(text)
+        for h in chain:
+            self._ends.setdefault(h, None)  # a block some text passes through (no dict: most blocks end none)
+            self._ends.move_to_end(h)
+        rest = text[len(chain) * self.block :]
+        last = chain[-1] if chain else self.ROOT
+        ends = self._ends.get(last) or {}
+        self._ends[last] = ends
+        ends.pop((len(rest), hash(rest)), None)
+        ends[(len(rest), hash(rest))] = owner  # the latest owner, as the newest entry
+        while len(ends) > self.ends_per_block:
+            del ends[next(iter(ends))]
+        while len(self._ends) > self.capacity:
+            self._ends.popitem(last=False)
+
+    def lookup(self, text: str) -> tuple[Hashable | None, int]:
+        """(replica of the longest earlier request whose whole text begins `text`, that length); (None, 0)."""
+        best: tuple[Hashable | None, int] = (None, 0)
+        for i, h in enumerate([self.ROOT, *self._chain(text)]):
+            if h not in self._ends and h is not self.ROOT:
+                break
+            start = i * self.block
+            for (n, rest), owner in (self._ends.get(h) or {}).items():
+                if start + n <= len(text) and start + n >= best[1] and hash(text[start : start + n]) == rest:
+                    best = (owner, start + n)
+        return best
 
 
 class PrefixAffinityRouter(RequestRouter):
-    """Ray Serve request router: conversation affinity first, power of two choices otherwise."""
+    """Ray Serve request router: a conversation's next turn goes to the replica of its last turn, and a new
+    conversation to the replica that started the fewest of the recent ones; both only while that replica is
+    not busier than the rest (by more than max_imbalance). Otherwise: the power of two choices, as Ray's."""
 
-    def initialize_state(self, block_chars: int = 16, capacity_blocks: int = 500_000, max_imbalance: int = 2, **_: Any) -> None:
+    def initialize_state(self, block_chars: int = 16, capacity_blocks: int = 200_000, max_imbalance: int = 0,
+                         window: int = 64, **_: Any) -> None:
         self._index = PrefixIndex(block_chars, capacity_blocks)
         self._max_imbalance = max_imbalance
+        self._starts: deque[ReplicaID] = deque(maxlen=window)  # the replicas of the latest new conversations
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
         text = _text_of(pending_request)
-        owner, _ = self._index.lookup(text) if text else (None, 0)
-        preferred = next((r for r in candidate_replicas if r.replica_id == owner), None)
-        if preferred is not None and not self._overloaded(preferred, candidate_replicas):
-            rest = [r for r in candidate_replicas if r is not preferred]
-            return [[preferred], _two(rest)] if rest else [[preferred]]
+        if text:
+            owner, _ = self._index.lookup(text)
+            if owner is not None:
+                preferred = [r for r in candidate_replicas if r.replica_id == owner]
+            else:  # a new conversation: spread conversations, so that each replica holds few at a time
+                started = Counter(self._starts)
+                fewest = min(started[r.replica_id] for r in candidate_replicas)
+                preferred = [r for r in candidate_replicas if started[r.replica_id] == fewest]
+            preferred = [r for r in preferred if not self._overloaded(r, candidate_replicas)]
+            if preferred:
+                rest = [r for r in candidate_replicas if r not in preferred]
+                return [preferred, _two(rest)] if rest else [preferred]
         return [_two(candidate_replicas)]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         text = _text_of(pending_request)
         if text:
+            if self._index.lookup(text)[0] is None:
+                self._starts.append(replica_id)
             self._index.record(text, replica_id)
 
     def _overloaded(self, preferred: RunningReplica, candidates: list[RunningReplica]) -> bool:
