@@ -147,7 +147,8 @@ class Front:
         stream = self.replicas.options(stream=True).handle.remote(
             request, **{ROUTE_KEY: conversation_text(scope["path"], body)})
         replica: str | None = None
-        started = event_stream = finished = False
+        started = event_stream = False
+        last: dict | None = None  # the message that ends the response, sent once the replica's call has ended
         self.unassigned += 1
         try:
             async for kind, item in stream:
@@ -155,35 +156,37 @@ class Front:
                     replica = item
                     self.unassigned -= 1
                     self.inflight[replica] = self.inflight.get(replica, 0) + 1
-                    continue
-                if kind == "counters":
+                elif kind == "counters":
                     self.snapshots[replica] = item
-                    continue
-                for m in item:
-                    if m["type"] == "http.response.start":
-                        started = True
-                        m = {**m, "headers": [*m.get("headers", []), [REPLICA_HEADER, replica.encode()]]}
-                        event_stream = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
-                                           for k, v in m["headers"])
-                    elif m["type"] == "http.response.body" and not m.get("more_body", False):
-                        finished = True
-                    await send(m)
+                else:
+                    for m in item:
+                        if m["type"] == "http.response.start":
+                            started = True
+                            m = {**m, "headers": [*m.get("headers", []), [REPLICA_HEADER, replica.encode()]]}
+                            event_stream = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                                               for k, v in m["headers"])
+                        if m["type"] == "http.response.body" and not m.get("more_body", False):
+                            last = m  # held back: a client's next request must find this replica free again
+                        else:
+                            await send(m)
         except BackPressureError as exc:
             self.own.rejected("queue_full")
             log.info("rejected: %s", exc)
             await _send_messages(send, error_messages(self._busy()))
         except RayError as exc:  # the replica died or became unreachable: only its own requests get this
-            self.own.failed("replica_died")
-            log.warning("replica %s lost a request: %s", replica, exc)
-            err = APIError(503, f"the replica serving this request failed ({type(exc).__name__}); the service "
-                                "goes on with the other replicas: retry", code="replica_failed",
-                           headers={"Retry-After": "1"})
-            if not started:
-                await _send_messages(send, error_messages(err))
-            elif event_stream and not finished:
-                await _send_messages(send, sse_error_messages(err))
-            elif not finished:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if last is None:  # (with the whole answer in hand, only the call's ending failed)
+                self.own.failed("replica_died")
+                log.warning("replica %s lost a request: %s", replica, exc)
+                err = APIError(503, f"the replica serving this request failed ({type(exc).__name__}); the service "
+                                    "goes on with the other replicas: retry", code="replica_failed",
+                               headers={"Retry-After": "1"})
+                if not started:
+                    ending = error_messages(err)
+                elif event_stream:
+                    ending = sse_error_messages(err)
+                else:  # a whole answer cut between its head and its body: nothing better to say
+                    ending = [{"type": "http.response.body", "body": b"", "more_body": False}]
+                await _send_messages(send, ending)
         else:
             self.mean_seconds = 0.8 * self.mean_seconds + 0.2 * (time.perf_counter() - started_at)
         finally:
@@ -191,9 +194,11 @@ class Front:
                 self.unassigned -= 1
             else:
                 self.inflight[replica] -= 1
-            if not finished:
+            if last is None:
                 self.stale = self.stale or replica is not None  # it may have counted an abort we did not see
                 stream.cancel()  # the client left (this task was cancelled) or the replica failed
+        if last is not None:
+            await send(last)
 
     def _busy(self) -> APIError:
         wait = max(1, min(60, math.ceil(self.mean_seconds)))
