@@ -47,10 +47,12 @@ REPLICA_HEADER = b"x-csdrafting-replica"  # which replica answered (for logs, te
 class CascadeReplica:
     """One cascade: the single-process server's app around a worker built in this replica's process."""
 
-    def __init__(self, make_worker: Callable[[], Any], max_body_bytes: int) -> None:
+    def __init__(self, make_worker: Callable[[], Any], max_body_bytes: int, max_queue: int) -> None:
         from .app import create_app
 
         self.worker = make_worker()
+        if self.worker.max_queue != max_queue:  # Ray sends it max_queue + 1 requests: they must fit
+            raise ValueError(f"the worker's queue holds {self.worker.max_queue} requests, the deployment's {max_queue}")
         self.worker.start()
         self.app = create_app(self.worker, max_body_bytes=max_body_bytes, manage_worker=False)
         self.id = serve.get_replica_context().replica_id.unique_id
@@ -252,17 +254,16 @@ async def _send_messages(send, messages: list[dict]) -> None:
 def application(make_worker: Callable[[], Any], *, model_name: str, replicas: int = 1, min_replicas: int | None = None,
                 max_replicas: int | None = None, max_queue: int = 16, max_queued: int | None = None,
                 max_body_bytes: int = 1 << 20, replica_cpus: float = 1.0, router: str = "affinity",
-                affinity_imbalance: int = 0, runtime_env: dict | None = None):
+                affinity_imbalance: int = 0):
     """The Ray Serve application: `replicas` CascadeReplicas (autoscaled within min..max if given) behind a Front.
 
-    make_worker builds a replica's EngineWorker in the replica's process (it is pickled there); its
-    max_queue must equal `max_queue`. replica_cpus is what Ray reserves per replica: the threads its
+    make_worker builds a replica's EngineWorker in the replica's process (it is pickled there, so it must
+    be importable there); its max_queue must equal `max_queue`. replica_cpus is what Ray reserves per replica: the threads its
     models use. max_queued (default max_queue) bounds the requests waiting for a replica in the front.
     """
     from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 
     max_queued = max_queue if max_queued is None else max_queued
-    actor = {"num_cpus": replica_cpus, **({"runtime_env": runtime_env} if runtime_env else {})}
     if min_replicas is not None or max_replicas is not None:
         lo, hi = min_replicas or 1, max_replicas or max(replicas, min_replicas or 1)
         scale: dict[str, Any] = {"autoscaling_config": AutoscalingConfig(
@@ -277,15 +278,15 @@ def application(make_worker: Callable[[], Any], *, model_name: str, replicas: in
         request_router_class="csdrafting.serve.ray_router.PrefixAffinityRouter",
         request_router_kwargs={"max_imbalance": affinity_imbalance})} if router == "affinity" else {}
     cascade = serve.deployment(
-        CascadeReplica, name="CascadeReplica", ray_actor_options=actor,
+        CascadeReplica, name="CascadeReplica", ray_actor_options={"num_cpus": replica_cpus},
         max_ongoing_requests=max_queue + 1,  # = what its engine queue holds: Ray never overfills it
         max_queued_requests=max_queued, **scale, **routing,
-        # a replica takes as long to start as its models take to load
+        # a replica that is stopped (scaled down, redeployed) first finishes what it holds, for up to 30 s
         health_check_period_s=10, graceful_shutdown_timeout_s=30)
     front = serve.deployment(
         serve.ingress()(Front), name="Front", num_replicas=1,
-        ray_actor_options={"num_cpus": 0, **({"runtime_env": runtime_env} if runtime_env else {})},
+        ray_actor_options={"num_cpus": 0},
         # every request in the service passes here; the bound that matters is max_queued, in its router
         max_ongoing_requests=100_000)
     config = FrontConfig(model_name=model_name, max_body_bytes=max_body_bytes, max_queue=max_queue, max_queued=max_queued)
-    return front.bind(cascade.bind(make_worker, max_body_bytes), config)
+    return front.bind(cascade.bind(make_worker, max_body_bytes, max_queue), config)
