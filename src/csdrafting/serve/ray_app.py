@@ -32,7 +32,7 @@ from typing import Any, AsyncIterator, Callable
 
 from ray import serve
 from ray.exceptions import RayError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, RayServeException
 
 from .ray_asgi import Forwarded, call_asgi, error_messages, read_body, sse_error_messages
 from .ray_metrics import sum_expositions
@@ -175,20 +175,9 @@ class Front:
             self.own.rejected("queue_full")
             log.info("rejected: %s", exc)
             await _send_messages(send, error_messages(self._busy()))
-        except RayError as exc:  # the replica died or became unreachable: only its own requests get this
+        except Exception as exc:  # a replica lost (RayError), none to be had (RayServeException), or a bug here
             if last is None:  # (with the whole answer in hand, only the call's ending failed)
-                self.own.failed("replica_died")
-                log.warning("replica %s lost a request: %s", replica, exc)
-                err = APIError(503, f"the replica serving this request failed ({type(exc).__name__}); the service "
-                                    "goes on with the other replicas: retry", code="replica_failed",
-                               headers={"Retry-After": "1"})
-                if not started:
-                    ending = error_messages(err)
-                elif event_stream:
-                    ending = sse_error_messages(err)
-                else:  # a whole answer cut between its head and its body: nothing better to say
-                    ending = [{"type": "http.response.body", "body": b"", "more_body": False}]
-                await _send_messages(send, ending)
+                await _send_messages(send, self._failure(exc, replica, started, event_stream))
         else:
             self.mean_seconds = 0.8 * self.mean_seconds + 0.2 * (time.perf_counter() - started_at)
         finally:
@@ -201,6 +190,24 @@ class Front:
                 stream.cancel()  # the client left (this task was cancelled) or the replica failed
         if last is not None:
             await send(last)
+
+    def _failure(self, exc: BaseException, replica: str | None, started: bool, event_stream: bool) -> list[dict]:
+        """The end of a response whose replica failed, died or never came: only this request's."""
+        if isinstance(exc, (RayError, RayServeException)):
+            self.own.failed("replica_died")
+            log.warning("replica %s lost a request: %s", replica, exc)
+            what = "the replica serving this request failed" if replica else "no replica could take this request"
+            err = APIError(503, f"{what} ({type(exc).__name__}); the service goes on with the other replicas: retry",
+                           code="replica_failed", headers={"Retry-After": "1"})
+        else:
+            self.own.failed("internal")
+            log.exception("the front failed on a request")
+            err = APIError(500, f"internal error: {type(exc).__name__}: {exc}")
+        if not started:
+            return error_messages(err)
+        if event_stream:
+            return sse_error_messages(err)
+        return [{"type": "http.response.body", "body": b"", "more_body": False}]  # cut between head and body
 
     def _busy(self) -> APIError:
         wait = max(1, min(60, math.ceil(self.mean_seconds)))

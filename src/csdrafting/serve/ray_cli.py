@@ -98,6 +98,11 @@ def run(args: argparse.Namespace, spec) -> int:
     ray.init(**({"address": "local", "include_dashboard": False} if local else {"address": args.ray_address}),
              logging_level=args.log_level.upper())
     try:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        need = max(options["replicas"], options["min_replicas"] or 1) * options["replica_cpus"]
+        if need > cpus:  # Ray would wait for them forever
+            raise CSDraftingError(f"{need:g} CPUs are needed ({options['replica_cpus']:g} per replica) and the Ray cluster "
+                                  f"has {cpus:g}: lower --replicas, --replica-cpus or --threads, or add machines")
         # on a cluster where Serve already runs, its proxies keep the host and port they were started with
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(application(make_worker, model_name=model_name, **options), name=APP_NAME, route_prefix="/")
