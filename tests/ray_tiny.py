@@ -87,17 +87,22 @@ def local_cluster(num_cpus: float = 2):
 
     here = Path(__file__).resolve().parent
     src = Path(sys.modules["csdrafting"].__file__).resolve().parents[1]
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(src), str(here), os.environ.get("PYTHONPATH", "")])
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as `csdrafting serve --replicas` starts its cluster
-    port = free_port()
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    saved = dict(os.environ)  # the cluster's processes take their environment from here, at ray.init
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield port
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(src), str(here), os.environ.get("PYTHONPATH", "")])
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_worker_niceness", "0")  # as `csdrafting serve --replicas` starts its cluster
+        port = free_port()
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            yield port
+        finally:
+            serve.shutdown()
+            ray.shutdown()
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def deploy(make_worker, port: int, name: str = "default", route_prefix: str = "/", **options) -> str:
