@@ -372,3 +372,29 @@ def test_a_killed_replica_fails_only_its_requests_and_is_replaced(cluster, libra
     metrics = parse_prometheus(httpx.get(base(cluster.slow) + "/metrics").text)
     assert counter(metrics, "request_failure_total", reason="replica_died") == 2
     _until(lambda: httpx.get(base(cluster.slow) + "/health").json()["replicas"] == 2, timeout=90)  # Ray replaced it
+
+
+def test_autoscaling_adds_a_replica_when_requests_wait(cluster, library):
+    """Last: it takes the other applications' cores."""
+    from ray import serve
+
+    serve.delete("fast")
+    serve.delete("slow")
+    url = ray_tiny.deploy(functools.partial(ray_tiny.tiny_worker, max_queue=4, step_delay=0.1), cluster.port, name="auto",
+                          route_prefix="/auto", min_replicas=1, max_replicas=2, max_queue=4, max_queued=8,
+                          autoscaling={"upscale_delay_s": 1, "look_back_period_s": 11})  # > Ray's 10 s metrics interval
+    health = lambda: httpx.get(base(url) + "/health").json()  # noqa: E731
+    assert health()["replicas"] == 1
+    results: dict[int, str] = {}
+
+    def send(i: int) -> None:
+        results[i] = client(url).completions.create(model=MODEL, prompt=LONG[i], max_tokens=60, temperature=0).choices[0].text
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]  # 5 on the replica, 1 in Ray's queue
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    _until(lambda: health()["replicas"] == 2, timeout=90)
+    for t in threads:
+        t.join(120)
+    assert results == {i: library(LONG[i], 60)[0] for i in range(6)}

@@ -261,22 +261,25 @@ async def _send_messages(send, messages: list[dict]) -> None:
 def application(make_worker: Callable[[], Any], *, model_name: str, replicas: int = 1, min_replicas: int | None = None,
                 max_replicas: int | None = None, max_queue: int = 16, max_queued: int | None = None,
                 max_body_bytes: int = 1 << 20, replica_cpus: float = 1.0, router: str = "affinity",
-                affinity_imbalance: int = 0):
+                affinity_imbalance: int = 0, autoscaling: dict | None = None):
     """The Ray Serve application: `replicas` CascadeReplicas (autoscaled within min..max if given) behind a Front.
 
     make_worker builds a replica's EngineWorker in the replica's process (it is pickled there, so it must
-    be importable there); its max_queue must equal `max_queue`. replica_cpus is what Ray reserves per replica: the threads its
-    models use. max_queued (default max_queue) bounds the requests waiting for a replica in the front.
+    be importable there); its max_queue must equal `max_queue`. replica_cpus is what Ray reserves per
+    replica: the threads its models use. max_queued (default max_queue) bounds the requests waiting for a
+    replica in the front. router: "affinity" (ray_router.PrefixAffinityRouter, yielding to load past
+    `affinity_imbalance` requests) or "default" (Ray's power of two choices). autoscaling: fields of Ray's
+    AutoscalingConfig, over ours.
     """
     from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 
     max_queued = max_queue if max_queued is None else max_queued
     if min_replicas is not None or max_replicas is not None:
         lo, hi = min_replicas or 1, max_replicas or max(replicas, min_replicas or 1)
-        scale: dict[str, Any] = {"autoscaling_config": AutoscalingConfig(
-            min_replicas=lo, max_replicas=hi, initial_replicas=min(max(replicas, lo), hi),
-            # one engine serves one request at a time: scale up once requests start to wait
-            target_ongoing_requests=2, upscale_delay_s=10, downscale_delay_s=120)}
+        # one engine serves one request at a time: scale up once requests start to wait
+        fields = {"min_replicas": lo, "max_replicas": hi, "initial_replicas": min(max(replicas, lo), hi),
+                  "target_ongoing_requests": 2, "upscale_delay_s": 10, "downscale_delay_s": 120, **(autoscaling or {})}
+        scale: dict[str, Any] = {"autoscaling_config": AutoscalingConfig(**fields)}
     else:
         scale = {"num_replicas": replicas}
     if router not in ("affinity", "default"):
