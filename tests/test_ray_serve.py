@@ -126,6 +126,45 @@ def test_conversation_text_and_prefix_index():
     assert small.lookup("aaaabbbbccccdddd") == (None, 0)
 
 
+def test_a_replica_runs_the_app_in_process_and_a_closed_call_cancels_the_generation(library):
+    """ray_asgi.call_asgi alone, on the single-process app around a slow tiny worker (no Ray)."""
+    import asyncio
+    import json
+
+    from csdrafting.serve import create_app
+    from csdrafting.serve.ray_asgi import Forwarded, call_asgi
+
+    worker = ray_tiny.tiny_worker(max_queue=2, step_delay=0.05)
+    worker.start()
+    app = create_app(worker, manage_worker=False)
+
+    def post(body: dict) -> Forwarded:
+        return Forwarded("POST", "/v1/completions", b"", ((b"content-type", b"application/json"),), json.dumps(body).encode())
+
+    async def whole(request: Forwarded) -> list[dict]:
+        return [m async for batch in call_asgi(app, request) for m in batch]
+
+    async def leave_after_first_text(request: Forwarded) -> None:
+        calls = call_asgi(app, request)
+        async for batch in calls:
+            if any(m.get("body", b"").startswith(b"data: {") for m in batch):
+                break
+        await calls.aclose()  # what Ray does when the client leaves
+
+    try:
+        messages = asyncio.run(whole(post({"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 12, "temperature": 0})))
+        assert messages[0]["type"] == "http.response.start" and messages[0]["status"] == 200
+        assert json.loads(b"".join(m.get("body", b"") for m in messages[1:]))["choices"][0]["text"] == library(PROMPTS[0], 12)[0]
+        bad = asyncio.run(whole(post({"model": MODEL, "prompt": "a", "max_tokens": 0})))
+        assert bad[0]["status"] == 400 and b"'max_tokens' must be >= 1" in bad[1]["body"]
+        asyncio.run(leave_after_first_text(post({"model": MODEL, "prompt": LONG[4], "max_tokens": 300, "temperature": 0,
+                                                  "stream": True})))
+        _until(lambda: worker.n_running == 0)
+        assert worker.metrics.success["abort"] == 1 and worker.metrics.generation_tokens < 12 + 40  # of 12 + 192
+    finally:
+        worker.stop()
+
+
 def test_command_line_maps_to_ray_serve_options():
     import argparse
     import subprocess

@@ -8,6 +8,7 @@ event loop, and the app's ASGI messages travel back in batches. Nothing here imp
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -84,7 +85,7 @@ async def call_asgi(app, request: Forwarded) -> AsyncIterator[list[Message]]:
                 yield messages
             if end:
                 break
-        if task.exception() is not None and not started:
+        if not task.cancelled() and task.exception() is not None and not started:
             # the app answers every error itself; this is the last net under it
             err = task.exception()
             yield error_messages(APIError(500, f"internal error: {type(err).__name__}: {err}"))
@@ -98,8 +99,6 @@ async def call_asgi(app, request: Forwarded) -> AsyncIterator[list[Message]]:
 
 def error_messages(err: APIError) -> list[Message]:
     """A whole JSON error response (OpenAI's shape) as ASGI messages."""
-    import json
-
     body = json.dumps(err.body(), separators=(",", ":")).encode()
     headers = [[b"content-type", b"application/json"], [b"content-length", str(len(body)).encode()]]
     headers += [[k.lower().encode(), v.encode()] for k, v in err.headers.items()]
@@ -109,8 +108,6 @@ def error_messages(err: APIError) -> list[Message]:
 
 def sse_error_messages(err: APIError) -> list[Message]:
     """The end of an already started event stream: an error event, then [DONE] (as app.py ends one)."""
-    import json
-
     event = f"data: {json.dumps(err.body(), separators=(',', ':'))}\n\ndata: [DONE]\n\n"
     return [{"type": "http.response.body", "body": event.encode(), "more_body": False}]
 
