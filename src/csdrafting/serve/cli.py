@@ -7,6 +7,7 @@ import sys
 
 from ..cascade.engine import PREFILL_CHUNK
 from ..protocol import CSDraftingError
+from . import ray_cli
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -27,9 +28,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="on SIGTERM/SIGINT, seconds that queued and running requests may take to finish; "
                         "then they end with a 503 shutting_down error (default 30)")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    ray_cli.add_args(p)
 
 
 def run(args: argparse.Namespace, spec) -> int:
+    if ray_cli.wanted(args):
+        return ray_cli.run(args, spec)
     try:
         from .app import create_app
         from .server import make_server
