@@ -125,7 +125,7 @@ REVIEW_GRID = (1, 2, 3, 4, 5, 8, 9, 12, 13, 16, 17, 24, 25, 32, 33, 48, 49, 64, 
 QUICK_GRID = (1, 2, 4, 8, 12, 16, 24)  # short drafts only (a drafter's own curve)
 
 
-def measure(model: LanguageModel, grid: Sequence[int] = REVIEW_GRID, reps: int = 2, context_tokens: int = 256) -> CostCurve:
+def measure(model: LanguageModel, grid: Sequence[int] = REVIEW_GRID, reps: int = 3, context_tokens: int = 256) -> CostCurve:
     """A cost curve for dynamic drafting when none was measured by `csdrafting tune` (seconds to a minute).
 
     The context and filler are token ids spread over the vocabulary: cost depends on the number of tokens
