@@ -95,7 +95,7 @@ def tree_headroom(texts: Sequence[tuple[Sequence[int], Sequence[int]]], max_ngra
     runner-up, first choice right, first wrong but runner-up right (the tree's only gain: one token, at the
     price of one more token in every such review).
     """
-    from ..drafters.suffix import NgramCounts
+    from ..drafters.ngram_index import NgramCounts
 
     res = {"positions": 0, "matched": 0, "with_runner_up": 0, "first_right": 0, "runner_up_right": 0}
     for prompt, output in texts:
