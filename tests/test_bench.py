@@ -984,3 +984,20 @@ def test_a_later_turn_on_a_kept_cache_is_a_tie_within_the_noise_whichever_token_
     assert d.verdict == verdict
     if turn and verdict == "tie" and margin < 0:
         assert "cache kept from the earlier turns" in d.reason and "chose 9" in d.reason
+
+
+def test_merged_turns_keep_routing_decisions():
+    """A record's metrics are its turns' merged; routing's decisions and time must survive the merge (they
+    are what tells how often a routed cascade went around its neural drafter, and what deciding cost)."""
+    from csdrafting.bench.turns import merged
+    from csdrafting.cascade.metrics import GenerationMetrics, LevelMetrics
+
+    def turn(direct: int, via: int, seconds: float) -> GenerationMetrics:
+        lv = LevelMetrics(level=0, name="t", kind="target", n_params=1)
+        return GenerationMetrics([lv], new_tokens=4, seconds=1.0, target_steps=2,
+                                 routes={"direct": direct, "via": via, "measure": 0, "seconds": seconds})
+
+    m = merged([turn(3, 1, 0.25), turn(2, 5, 0.5)])
+    assert m.routes == {"direct": 5, "via": 6, "measure": 0, "seconds": 0.75}
+    assert m.to_dict()["routes"]["direct"] == 5
+    assert merged([GenerationMetrics([LevelMetrics(level=0, name="t", kind="target", n_params=1)])]).routes == {}

@@ -96,14 +96,19 @@ def turns_of(rec: dict) -> list[dict]:
 
 
 def merged(metrics: Sequence[GenerationMetrics]) -> GenerationMetrics:
-    """The metrics of several turns as one: counts and seconds summed, levels merged level by level."""
+    """The metrics of several turns as one: counts and seconds summed (routing decisions too), levels merged
+    level by level."""
     levels = copy.deepcopy(metrics[0].levels)
     for m in metrics[1:]:
         for mine, other in zip(levels, m.levels):
             mine.add(other)
+    routes: dict = {}
+    for m in metrics:
+        for k, v in m.routes.items():
+            routes[k] = routes.get(k, 0) + v
     return GenerationMetrics(levels, new_tokens=sum(m.new_tokens for m in metrics), seconds=sum(m.seconds for m in metrics),
                              target_steps=sum(m.target_steps for m in metrics),
-                             prefill_seconds=sum(m.prefill_seconds for m in metrics))
+                             prefill_seconds=sum(m.prefill_seconds for m in metrics), routes=routes)
 
 
 def timing_fields(m: GenerationMetrics, timing: str) -> dict:
