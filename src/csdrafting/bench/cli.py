@@ -58,7 +58,7 @@ SUITES = {
                   hf_limit=3),
     # issue 14's workloads, where drafting can pay (input-grounded work) and Spec-Bench group by group, beside
     # llama.cpp's own n-gram modes (5 eval prompts of each set, draft lengths calibrated on 1 prompt of each):
-    # about 340 runs of 128 tokens, roughly an hour here with the 1.5B Q4_K_M target (estimated, not timed)
+    # about 340 runs of 128 tokens, about an hour here with the 1.5B Q4_K_M target (README, "Benchmark")
     "grounded": Suite(limit=5, calibration_prompts=1, max_new_tokens=128,
                       peers=("llama-cpp-ngram-mod", "llama-cpp-ngram-map-k"), hf_limit=0,
                       datasets=("codeedit", "codeedit-lib", *(f"specbench-{g}" for g in ds_mod.SPECBENCH_GROUPS))),
