@@ -89,6 +89,10 @@ class FrontConfig:
     max_queue: int
     max_queued: int
     refresh_timeout_s: float = 2.0
+    # after a request ended without its answer (a client that left, a replica lost), every scrape for this
+    # long asks the replicas again: a replica counts the abort only when its engine next checks (a step or a
+    # prefill chunk later), possibly after the first refresh
+    recheck_s: float = 10.0
 
 
 class Front:
@@ -112,6 +116,7 @@ class Front:
         self.inflight: dict[str, int] = {}  # replica id -> requests forwarded to it and not finished
         self.unassigned = 0  # requests waiting in this front's router for a replica
         self.stale = False  # some replica counted something no snapshot has shown yet
+        self.recheck_until = 0.0  # until then (time.monotonic()), every scrape refreshes the snapshots
         self.mean_seconds = 1.0  # running mean of request durations, for Retry-After
 
     def __serve_build_asgi_app__(self):
@@ -185,8 +190,10 @@ class Front:
                 self.unassigned -= 1
             else:
                 self.inflight[replica] -= 1
+            if last is None and replica is not None:  # it may count an abort we have not seen, now or soon
+                self.stale = True
+                self.recheck_until = time.monotonic() + self.config.recheck_s
             if last is None:
-                self.stale = self.stale or replica is not None  # it may have counted an abort we did not see
                 stream.cancel()  # the client left (this task was cancelled) or the replica failed
         if last is not None:
             await send(last)
@@ -221,7 +228,7 @@ class Front:
         return running, sum(self.inflight.values()) - running + self.unassigned
 
     async def metrics(self) -> str:
-        if self.stale:
+        if self.stale or time.monotonic() < self.recheck_until:
             self.stale = False
             try:
                 answers = await self.replicas.broadcast("counters").results_async(
