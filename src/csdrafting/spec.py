@@ -233,14 +233,17 @@ def neural(refs: Sequence[str]) -> list[str]:
 
 
 # The embedded default: the shipped Qwen2.5-Coder-1.5B Q4_K_M file (what a CPU user runs) with the
-# confident suffix drafter below it, drafting cost-aware up to 64 tokens (README, "Choosing the default").
+# confident suffix drafter below it, drafting cost-aware up to 16 tokens (README, "Choosing the default").
 # At this precision every model here is compute-bound on a CPU (reviewing k tokens costs about k/2
 # passes), so a neural drafter cannot pay and only a near-free level that drafts when it is confident
-# can; where the output copies its input (code edits, answers from documents) its long matches are nearly
-# sure, and a long review that is all accepted is cheap per token, hence the cap of 64. The target's cost
+# can. Why 16 and not 64: measured side by side on code edits (2026-12-02, 8 prompts), a cap of 64 was
+# 0.98x of 16 (library functions 1.02x, short EditEval edits 0.84x, worst prompt 0.54x): a long draft
+# rejected at an edit point costs up to 30 single passes here, and the long copies it wins on are won at 16
+# nearly as well. `docs/bench/configs/q4-suffix-cap64.json` keeps the longer cap. The target's cost
 # curve (seconds of one pass over n new tokens) is measured on this machine, once, and kept for a week
-# (`measured_curve`): its shape differs between machines of the same kind (2 tokens cost 1.5x one token on
-# one, 1.7x on another), and a curve from another machine makes the planner over-draft.
+# (`measured_curve`, over review sizes up to 65 so that a cap of 64 is priced too): its shape differs
+# between machines of the same kind (2 tokens cost 1.5x one token on one, 1.8x on another), and a curve
+# from another machine makes the planner over-draft.
 # `csdrafting tune` measures it again, and re-decides the cascade, per machine.
 # The suffix drafter's settings stay at the registry's defaults: the packaged calibration, no store across
 # requests (speed-neutral on the Q4_K_M target although its proposals are accepted far more often than the
@@ -250,7 +253,7 @@ DEFAULT_TARGET = "qwen2.5-coder-1.5b:Q4_K_M"
 DEFAULT_SPEC = CascadeSpec(
     target=DEFAULT_TARGET,
     drafters=["suffix"],
-    k=KMatrix.parse([[64]]),
+    k=KMatrix.parse([[16]]),
     lenience=1.0,
     dynamic=True,
     note="built-in default (measured fastest at the shipped precision on 2-core x86-64 CPUs; see README)",
