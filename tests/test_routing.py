@@ -179,3 +179,26 @@ def test_routed_sampling_test_rejects_broken_cascades(monkeypatch, breakage):
     counts, _ = _counts(make, cfg, N_RUNS // 2)
     p = chi_square_pvalue(counts, exact, N_RUNS // 2)
     assert p < ALPHA, f"the broken routed cascade passed the exactness test (p = {p:.3g})"
+
+
+def _cost_aware_unrouted():
+    make, _ = ROUTED["routed, temperature 0.9"]
+    c = make()
+    return Cascade(c.target, c.drafters, CascadeConfig.make([[2, 3], [0, 2]], dynamic=True, costs=[MEMORY, CHEAP, None]))
+
+
+@pytest.mark.slow  # 2 x N_RUNS seeded generations
+def test_cost_aware_sampling_never_drops_a_sampled_token_for_its_value(monkeypatch):
+    """Regression (2026-12-02): the planner cut a neural drafter's output by the probabilities of the tokens it
+    had sampled, so which sampled tokens reached the target depended on their values and the law moved
+    (this configuration: p = 1.8e-4 at 20,000 runs). Now a sampled token is kept and only the drafting after
+    it stops. The old behaviour, put back, is rejected by the same test."""
+    _, cfg = ROUTED["routed, temperature 0.9"]
+    exact = exact_distribution(_cost_aware_unrouted().target, cfg)
+    counts, _ = _counts(_cost_aware_unrouted, cfg, N_RUNS)
+    assert chi_square_pvalue(counts, exact, N_RUNS) > ALPHA
+    # broken: every level's output cut by the planner, sampled or not (the engine before the fix)
+    broken = _cost_aware_unrouted()
+    monkeypatch.setattr(engine, "StatisticalLevel", object)  # (after the levels are built)
+    counts, _ = _counts(lambda: broken, cfg, N_RUNS)
+    assert chi_square_pvalue(counts, exact, N_RUNS) < ALPHA

@@ -279,9 +279,15 @@ class Cascade:
                 if plan is not None and got:
                     keep = plan.keep(got.conf, len(draft))
                     if keep < len(got):
-                        lv.metrics.dropped += len(got) - keep
-                        got.truncate(keep)
                         stalled = True  # confidence fell: the rest of the draft goes to the cheaper level below
+                        # A sampled token is never dropped for its own value (or its successors'): which tokens
+                        # reach the reviewer would then depend on them, and a reviewed token would no longer be
+                        # distributed as the q it carries. Under sampling a neural level's tokens are kept whole
+                        # and only the drafting after them stops; a statistical level's tokens are fixed by
+                        # the context, so cutting them is a choice made before any coin.
+                        if run.sampling.greedy or isinstance(lv, StatisticalLevel):
+                            lv.metrics.dropped += len(got) - keep
+                            got.truncate(keep)
                     plan.add(got.conf)
                 if not got:
                     break  # the level had nothing (worth) offering; leave the rest of this quota to the next
