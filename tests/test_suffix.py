@@ -13,6 +13,7 @@ import pytest
 
 from csdrafting.drafters.suffix import (
     Calibration,
+    MAX_CONFIDENCE,
     NgramCounts,
     SuffixDrafter,
     bucket,
@@ -69,11 +70,11 @@ def test_match_length_measures_past_max_ngram():
     pos = 2 + 30  # the copied span continues at span[30] in the prompt
     assert match_length(text, 0, pos, text, 12, 64) == 30
     assert match_length(text, 0, pos, text, 12, 20) == 20  # capped
-    d = SuffixDrafter(_cal({"req:24-31:once": 0.97, "req:32+:once": 0.99}), max_ngram=12)
+    d = SuffixDrafter(_cal({"req:24-31:once": 0.9, "req:32+:once": 0.95}), max_ngram=12)
     prop = d.propose_scored(text, 5)
     assert prop.tokens == span[30:35]
     # the first proposal continues a 30-token copy, the third a 32-token one: confidence follows the class
-    assert prop.confidence[0] == pytest.approx(0.97, abs=0.01) and prop.confidence[2] == pytest.approx(0.99, abs=0.01)
+    assert prop.confidence[0] == pytest.approx(0.9, abs=0.01) and prop.confidence[2] == pytest.approx(0.95, abs=0.01)
     assert d.index.text == text  # proposing leaves the index as it was
 
 
@@ -126,8 +127,28 @@ def test_a_request_that_copies_more_than_expected_is_trusted_more():
     assert all(c > 0.75 for c in conf)  # 50-odd long matches, every one right
 
 
+def test_no_proposal_is_trusted_beyond_max_confidence():
+    """A calibration of 100% and a request that copies every token cannot push a confidence past the ceiling
+    (a copy ends where an edit begins); a ceiling of 1 leaves the measured rates as they are."""
+    keys = [bucket("req", n, 1, 1) for n in range(10, 70)]
+    cal = Calibration({k: [1000, 1000] for k in keys})
+    span = list(range(100, 180))
+    prompt = [1] + span + [2]
+    out = span[:60]
+    capped, free = SuffixDrafter(cal, max_ngram=12), SuffixDrafter(cal, max_ngram=12, max_confidence=1.0)
+    for d in (capped, free):
+        _request(d, prompt, out)
+    assert capped.propose_scored(prompt + out, 8).confidence == [MAX_CONFIDENCE] * 8
+    assert all(c > 0.99 for c in free.propose_scored(prompt + out, 8).confidence)
+    assert SuffixDrafter(cal, max_confidence=0.5).confidence(keys[0]) == 0.5
+
+
 def test_bad_settings_are_refused():
     from csdrafting.protocol import CSDraftingError
+
+    for bad in (0, -0.1, 1.01, float("nan")):
+        with pytest.raises(CSDraftingError, match="max_confidence"):
+            SuffixDrafter(max_confidence=bad)
 
     with pytest.raises(CSDraftingError, match="long_match"):
         SuffixDrafter(max_ngram=12, long_match=8)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 from ..protocol import CSDraftingError
 from .base import StatisticalDrafter
+from .suffix import MAX_CONFIDENCE
 
 DEFAULT = "default"  # the keyword a table or calibration setting uses for the packaged file
 
@@ -198,7 +199,7 @@ def _suffix(s: dict[str, Any], vocab_size: int | None) -> StatisticalDrafter:
     cal = s["calibration"]
     cal = default_calibration() if cal == DEFAULT else Calibration.load(cal) if cal else None
     return SuffixDrafter(cal, bigram_table(s["bigram"], vocab_size), s["max_ngram"], s["min_count"], s["persist"],
-                         long_match=s["long_match"], adapt_weight=s["adapt_weight"])
+                         long_match=s["long_match"], adapt_weight=s["adapt_weight"], max_confidence=s["max_confidence"])
 
 
 def _bigram_setting(fallback_for: str) -> Setting:
@@ -225,6 +226,8 @@ BUILTIN = (
                     "class decides its confidence)", minimum=1),
             Setting("adapt_weight", float, 8.0, "pseudo-observations behind the calibration when a request's own "
                     "outcomes shift its confidence (0: no in-request learning)", minimum=0),
+            Setting("max_confidence", float, MAX_CONFIDENCE, "no proposal is trusted beyond this "
+                    "acceptance, calibrated or adapted (a copy ends where an edit begins)", minimum=0),
             Setting("persist", bool, False, "keep the outputs of earlier generations of this process as a second "
                     "source of matches (with it, a seeded sample also depends on the earlier generations, since "
                     "drafts decide how the random stream is consumed)", legacy="suffix_persist"),
