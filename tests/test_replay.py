@@ -1,0 +1,105 @@
+"""The what-if replay (bench/replay.py) walks the engine's own greedy steps: same steps, drafts and acceptances."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import table_lm
+from csdrafting import Cascade, CascadeConfig
+from csdrafting.bench import replay as rp
+from csdrafting.cascade.planning import CostCurve
+from csdrafting.drafters.suffix import SuffixDrafter, default_calibration
+
+# a compute-bound curve with the shape of the 1.5B Q4_K_M target's (seconds: the engine's own drafting time,
+# microseconds here, is then negligible in the planner's sums, which the replay takes as zero)
+CURVE = CostCurve((1, 2, 4, 8, 16, 17, 32, 33, 64, 65), (1.0, 1.8, 2.9, 6.8, 10.8, 11.1, 15.1, 16.5, 29.8, 32.3))
+
+
+def _copying_case(seed: int, vocab: int = 40, prompt_len: int = 90):
+    """A target whose greedy next token depends on the last two tokens, and a prompt that is its own greedy
+    trajectory: once the output meets a pair the prompt holds, it copies the prompt from there."""
+    rng = np.random.default_rng(seed)
+    target = table_lm.TableLM(rng.normal(0, 2.0, size=(vocab, vocab, vocab)), "table-target", eos=None)
+    seq = [int(rng.integers(1, vocab)), int(rng.integers(1, vocab))]
+    while len(seq) < prompt_len:
+        seq.append(int(np.argmax(target.table[seq[-2], seq[-1]])))
+    return target, seq
+
+
+@pytest.mark.parametrize("cap, ceiling", [(16, 0.995), (64, 0.98), (64, 0.9)])
+def test_replay_walks_the_engines_steps(cap, ceiling):
+    drafted_somewhere = False
+    for seed in range(4):
+        target, prompt = _copying_case(seed)
+        config = CascadeConfig.make([[cap]], dynamic=True, costs=[CURVE, None])
+        res = Cascade(target, [SuffixDrafter(default_calibration(), max_confidence=ceiling)], config).generate(prompt, 120)
+        m = res.metrics
+        ref = rp.Reference("toy", str(seed), prompt, res.tokens, 120)
+        got = rp.replay(ref, SuffixDrafter(default_calibration(), max_confidence=ceiling), CURVE, cap)
+        assert (got.steps, got.drafted, got.accepted) == (m.target_steps, m.levels[1].drafted, m.levels[1].accepted)
+        assert got.seconds == pytest.approx(sum(CURVE(n) for n in _review_sizes(m)))
+        drafted_somewhere |= got.accepted > 0
+    assert drafted_somewhere  # the cases exercise drafting, not only plain steps
+
+
+def _review_sizes(m) -> list[int]:
+    """Tokens of each target review (its draft + 1), from the review counts: reviewed_by_position[i] counts
+    the reviews whose draft had more than i tokens."""
+    lv = m.levels[0]
+    r = list(lv.reviewed_by_position) + [0]
+    sizes = [1] * (lv.reviews - r[0])
+    for n in range(1, len(r)):
+        sizes += [n + 1] * (r[n - 1] - r[n])
+    assert len(sizes) == m.target_steps
+    return sizes
+
+
+def test_oracle_is_the_ceiling():
+    target, prompt = _copying_case(0)
+    out = Cascade(target).generate(prompt, 80).tokens
+    ref = rp.Reference("toy", "0", prompt, out, 80)
+    o = rp.oracle(ref, CURVE, 64)
+    assert o.steps == 2 and o.speedup == pytest.approx(80 / (CURVE(65) + CURVE(15)))  # drafts of 64, then 14
+    # on this lumpy curve a 64-token draft costs more per token than 63 (65 rows: past a 64-row group), and a
+    # fixed 64 loses to the drafter's planned lengths here; the oracle at its best length does not
+    assert rp.best_oracle_length(CURVE) == 63 and rp.best_oracle_length(CURVE, 40) == 31
+    best = rp.oracle(ref, CURVE)
+    for cap in (16, 64):
+        assert best.speedup >= rp.replay(ref, SuffixDrafter(default_calibration()), CURVE, cap).speedup
+
+
+def _bench_run(tmp_path, target, prompt, out):
+    (tmp_path / "prompts.json").write_text(json.dumps(
+        {"eos": [0], "prompts": [{"phase": "eval", "dataset": "toy", "id": "p0", "ids": prompt, "turns": ["x"]}]}))
+    rec = {"phase": "eval", "dataset": "toy", "prompt_id": "p0", "method": "plain", "tokens": out,
+           "new_tokens": len(out), "max_new_tokens": 120, "target_cost_curve": CURVE.to_json()}
+    other = dict(rec, method="csd")
+    (tmp_path / "records.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps(other) + "\n")
+
+
+def test_the_command_line_reads_a_bench_run(tmp_path, capsys):
+    target, prompt = _copying_case(1)
+    out = Cascade(target).generate(prompt, 120).tokens
+    _bench_run(tmp_path, target, prompt, out)
+    refs, curve, eos = rp.load_run(tmp_path)
+    assert [r.output for r in refs] == [out] and curve == CURVE and eos == frozenset([0])
+    assert rp.main([str(tmp_path), "--cap", "1,64", "--max-confidence", "0.98"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    assert lines[0].startswith("| cap | max_confidence | adapt_weight | toy (1)")
+    rows = {ln.split(" | ")[0]: ln for ln in lines[1:]}
+    assert set(rows) == {"| oracle, k=63", "| 1", "| 64"}
+    # a cap of 1 cannot beat plain by much on this curve (2 tokens cost 1.8 passes); 64 copies long
+    one, long = (float(rows[k].split(" | ")[3].split("x")[0]) for k in ("| 1", "| 64"))
+    assert one < 1.15 < long
+
+
+def test_bad_runs_are_refused(tmp_path, capsys):
+    assert rp.main([str(tmp_path / "missing")]) == 2
+    assert "not a readable bench run" in capsys.readouterr().err
+    (tmp_path / "prompts.json").write_text(json.dumps({"prompts": []}))
+    (tmp_path / "records.jsonl").write_text("")
+    assert rp.main([str(tmp_path)]) == 2
+    assert "no single-turn `plain` eval records" in capsys.readouterr().err
