@@ -82,6 +82,10 @@ def test_method_list_options():
     assert not any(m.tunable for m in quick)
     assert {m.name: m.resolve().get("draft_length") for m in quick if m.default} == {
         "sd:qwen2.5-coder-0.5b:Q4_K_M": 4, "maxgram": 8, "oracle": 16}
+    # one value of a grid is the length to use, calibration prompts or not (it was dropped without them)
+    for cal in (False, True):
+        fixed = {m.name: m for m in build_methods(SPEC, calibrate=cal, grids={"oracle": (64,)})}["oracle"]
+        assert not fixed.tunable and fixed.resolve()["draft_length"] == 64
     only = build_methods(SPEC, methods=("csd",), peers=())
     assert [m.name for m in only] == ["plain", "csd"]
     two = build_methods(SPEC, methods=("sd",), sd_drafters=[D, "qwen2.5-coder-1.5b:Q4_K_M"])

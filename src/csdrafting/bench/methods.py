@@ -249,8 +249,12 @@ def build_methods(
         raise CSDraftingError("a statistical drafter alone is the method 'maxgram' (or an --also config), not an sd drafter")
 
     def tuned(kind: str) -> dict:
-        grid = tuple(grids[kind]) if calibrate else ()
-        return {"grid": grid if len(grid) > 1 else (), "default": grid[0] if len(grid) == 1 else DEFAULT_K[kind]}
+        # one value is the draft length to use (with or without calibration prompts); several are a grid that
+        # calibration prompts choose from (without them the kind's default length is used)
+        grid = tuple(grids.get(kind, ()))
+        if len(grid) == 1:
+            return {"grid": (), "default": grid[0]}
+        return {"grid": grid if calibrate else (), "default": DEFAULT_K[kind]}
 
     wanted = list(dict.fromkeys(methods))
     out = [Method("plain", ENGINE, "target alone, autoregressive (the baseline)")] if wanted else []
