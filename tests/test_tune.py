@@ -306,6 +306,25 @@ def test_cost_curve_interpolates_and_is_monotone():
     assert list(curve.seconds) == sorted(curve.seconds) and curve.seconds[-1] > curve.seconds[0]
 
 
+def test_one_token_passes_are_timed_as_plain_decoding_runs_them():
+    """A backend that reuses the compute graph of a same-shaped pass (llama.cpp does) makes consecutive
+    one-token passes cheaper than one after a pass of another size: the curve's one-token price is the
+    consecutive one, what plain decoding pays."""
+
+    class Reusing(HashLM):
+        last = None
+
+        def extend(self, tokens, logits_from=0):
+            import time
+
+            time.sleep((0.001 if len(tokens) == self.last else 0.006) + 0.0005 * len(tokens))
+            self.last = len(tokens)
+            return super().extend(tokens, logits_from)
+
+    curve = measure_cost_curve(Reusing("R"), [1, 2, 3], list(range(40)), grid=(1, 4, 16), reps=3)
+    assert curve.seconds[0] < 0.004 < 0.0075 < curve.seconds[1]  # ~1.5 ms consecutive; 4 tokens ~8 ms
+
+
 def test_tune_pipeline_on_synthetic_models():
     """Calibration on the engine's output, profiles close to the known acceptance, a searched config."""
     t, a, b = HashLM("T"), HashLM("A", 0.85, salt=3), HashLM("B", 0.55, salt=5)
