@@ -150,5 +150,5 @@ def test_cost_curve_is_measured_once_per_machine_and_model(tmp_path, monkeypatch
     monkeypatch.setattr(spec_mod, "CURVE_DAYS", 0)
     spec_mod.measured_curve(target, threads=2, progress=False)
     assert len(calls) == 4
-    assert DEFAULT_SPEC.k == KMatrix.parse([[16]])
+    assert DEFAULT_SPEC.k == KMatrix.parse([[64]])
     assert max(planning.REVIEW_GRID) == 65  # a 64-token draft (a cap of 64 in a config) is priced too

@@ -233,15 +233,19 @@ def neural(refs: Sequence[str]) -> list[str]:
 
 
 # The embedded default: the shipped Qwen2.5-Coder-1.5B Q4_K_M file (what a CPU user runs) with the
-# confident suffix drafter below it, drafting cost-aware up to 16 tokens (README, "Choosing the default").
+# confident suffix drafter below it, drafting cost-aware up to 64 tokens (README, "Choosing the default").
 # At this precision every model here is compute-bound on a CPU (reviewing k tokens costs about k/2
 # passes), so a neural drafter cannot pay and only a near-free level that drafts when it is confident
-# can. Why 16 and not 64: measured side by side on code edits (2026-12-02, 8 prompts), a cap of 64 was
-# 0.98x of 16 (library functions 1.02x, short EditEval edits 0.84x, worst prompt 0.54x): a long draft
-# rejected at an edit point costs up to 30 single passes here, and the long copies it wins on are won at 16
-# nearly as well. `docs/bench/configs/q4-suffix-cap64.json` keeps the longer cap. The target's cost
+# can. Why 64 now, after 16: a long draft pays only when the planner does not over-trust the copy it
+# continues. With confidences up to 0.995 (before 2026-12-02) a cap of 64 lost on short EditEval edits
+# (0.84x of 16, worst prompt 0.54x: a 31-token draft rejected at an edit point costs ~15 single passes);
+# with the suffix drafter's ceiling of 0.98 (drafters/suffix.py MAX_CONFIDENCE) replaying the planner
+# along the target's own outputs of 40 code-edit prompts, under three measured cost curves, gave library
+# edits +5..+19% over the old default and EditEval 0.98-1.01x; measured side by side on the real target
+# (8 prompts each): library functions 1.57x against 1.42x, EditEval 0.93x against 0.99x (README, "Trusting
+# a copy"). `docs/bench/configs/q4-suffix-cap16.json` keeps the old cap. The target's cost
 # curve (seconds of one pass over n new tokens) is measured on this machine, once, and kept for a week
-# (`measured_curve`, over review sizes up to 65 so that a cap of 64 is priced too): its shape differs
+# (`measured_curve`, over review sizes up to 65 so that a cap of 64 is priced): its shape differs
 # between machines of the same kind (2 tokens cost 1.5x one token on one, 1.8x on another), and a curve
 # from another machine makes the planner over-draft.
 # `csdrafting tune` measures it again, and re-decides the cascade, per machine.
@@ -253,7 +257,7 @@ DEFAULT_TARGET = "qwen2.5-coder-1.5b:Q4_K_M"
 DEFAULT_SPEC = CascadeSpec(
     target=DEFAULT_TARGET,
     drafters=["suffix"],
-    k=KMatrix.parse([[16]]),
+    k=KMatrix.parse([[64]]),
     lenience=1.0,
     dynamic=True,
     note="built-in default (measured fastest at the shipped precision on 2-core x86-64 CPUs; see README)",
@@ -388,13 +392,13 @@ def measured_curve(model, threads: int, target: bool = True, progress: bool = Tr
     import sys
     import time
 
-    from .cascade.planning import QUICK_GRID, REVIEW_GRID, CostCurve, measure
+    from .cascade.planning import QUICK_GRID, REVIEW_GRID, RUN_OF_ONES, CostCurve, measure
     from .store.paths import cache_dir
 
     grid = REVIEW_GRID if target else QUICK_GRID
     info = model.info
     key = {"model": info.label, "file": str(info.extra.get("path", "")), "backend": str(info.extra.get("backend", "")),
-           "threads": threads, "grid": list(grid), "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()}"}
+           "threads": threads, "grid": list(grid), "run_of_ones": RUN_OF_ONES, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()}"}
     path = cache_dir() / "costs" / (re.sub(r"[^A-Za-z0-9._-]+", "_", info.label) + ".json")
     try:
         kept = json.loads(path.read_text()) if path.is_file() else []
