@@ -145,7 +145,8 @@ def best_oracle_length(curve: CostCurve, cap: int = 64) -> int:
 
 def oracle(ref: Reference, curve: CostCurve, k: int | None = None) -> Replayed:
     """The target's own output as a sure draft of k tokens (default: its best length under the curve, at most 64),
-    clipped by the room left as the engine clips: the ceiling of any drafter at this verification cost."""
+    clipped by the room left as the engine clips: the ceiling of any drafter at this verification cost (but for
+    how the last steps of an output round: a fixed length is not always the cheapest way to cover them)."""
     k = best_oracle_length(curve) if k is None else k
     n, t, steps, seconds = len(ref.output), 0, 0, 0.0
     while t < n:
