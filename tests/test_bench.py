@@ -599,6 +599,13 @@ def test_bench_cli_end_to_end_on_the_small_model(tmp_path, capsys):
     assert main(argv) == 0
     assert "0 to go" in capsys.readouterr().err
     assert len(_lines(tmp_path / "records.jsonl")) == len(recs)
+    # a second round of every method on the same prompt, added to the finished run; the summary folds it
+    assert main(argv + ["--repeats", "2"]) == 0
+    assert f"{len(recs)} already recorded, {len(recs)} to go" in capsys.readouterr().err
+    again = _lines(tmp_path / "records.jsonl")
+    assert sorted(r["repeat"] for r in again) == [0] * len(recs) + [1] * len(recs)
+    assert all(r["matches_baseline"] for r in again if r["method"] != r["baseline"])
+    assert "with 2 interleaved repetitions show their median timings" in (tmp_path / "summary.md").read_text()
 
 
 def test_side_by_side_with_llama_cpp_programs():
@@ -1005,3 +1012,66 @@ def test_merged_turns_keep_routing_decisions():
     assert m.routes == {"direct": 5, "via": 6, "measure": 0, "seconds": 0.75}
     assert m.to_dict()["routes"]["direct"] == 5
     assert merged([GenerationMetrics([LevelMetrics(level=0, name="t", kind="target", n_params=1)])]).routes == {}
+
+
+# ------------------------------------------------------------------------------------------------ repetitions
+
+
+def test_repeats_run_in_rounds_per_prompt_and_keep_the_first_rounds_keys():
+    methods = build_methods(SPEC, grids=GRIDS)
+    once, thrice = plan(methods, _prompts()), plan(methods, _prompts(), repeats=3)
+    ev1 = [u for u in once if u.phase == EVAL]
+    ev3 = [u for u in thrice if u.phase == EVAL]
+    assert [u for u in thrice if u.phase == CALIBRATION] == [u for u in once if u.phase == CALIBRATION]
+    assert len(ev3) == 3 * len(ev1) and len({u.key for u in thrice}) == len(thrice)
+    assert {u.key for u in ev3 if u.rep == 0} == {u.key for u in ev1}  # a run made once resumes into repetitions
+    first = [(u.rep, u.method) for u in ev3 if u.prompt_id == ev3[0].prompt_id]
+    names = [m.name for m in methods]
+    assert first == [(r, n) for r in range(3) for n in names]  # all methods, then all again: rounds
+    assert [u.key for u in ev3 if u.rep == 2][0].endswith("|plain#r2")
+    with pytest.raises(CSDraftingError, match="repeats"):
+        plan(methods, _prompts(), repeats=0)
+
+
+def test_collapse_repeats_takes_median_timings_and_the_worst_verdict():
+    from csdrafting.bench.runner import collapse_repeats
+
+    def run(rep, decode, tokens=(1, 2, 3), exactness="identical"):
+        r = _rec("humaneval", "p0", "csd", 3 / decode, list(tokens), [_level(0, "T", "target", 100, 3)], new=3)
+        r.update(key=r["key"] + (f"#r{rep}" if rep else ""), variant="csd", repeat=rep, exactness=exactness,
+                 matches_baseline=exactness == "identical", decode_seconds=decode, e2e_seconds=decode + 1.0,
+                 decode_tokens_per_second=3 / decode, e2e_tokens_per_second=3 / (decode + 1.0))
+        return r
+
+    plain = _rec("humaneval", "p0", "plain", 10.0, [1, 2, 3], [_level(0, "T", "target", 100, 3)], new=3)
+    out = collapse_repeats([plain, run(0, 1.0), run(1, 5.0), run(2, 2.0)])
+    assert out[0] is plain and len(out) == 2  # a unit run once passes through unchanged
+    csd = out[1]
+    assert csd["decode_seconds"] == 2.0 and csd["e2e_seconds"] == 3.0 and csd["seconds"] == pytest.approx(2.0)
+    assert csd["decode_tokens_per_second"] == pytest.approx(1.5) and csd["tokens_per_second"] == pytest.approx(1.5)
+    assert csd["repeats"] == {"n": 3, "decode_seconds": [1.0, 5.0, 2.0], "e2e_seconds": [2.0, 6.0, 3.0],
+                              "identical_outputs": True}
+    assert "repeat" not in csd and csd["key"] == "eval|humaneval|p0|csd"
+    # one repetition mismatching is reported, with its output, whatever the others did
+    bad = collapse_repeats([run(2, 2.0), run(0, 1.0), run(1, 5.0, tokens=(1, 9, 9), exactness="mismatch")])[0]
+    assert bad["exactness"] == "mismatch" and bad["tokens"] == [1, 9, 9] and bad["matches_baseline"] is False
+    assert bad["repeats"]["identical_outputs"] is False and bad["decode_seconds"] == 2.0
+    rows = {(r.dataset, r.method): r for r in aggregate([plain, *collapse_repeats(
+        [run(0, 1.0), run(1, 5.0, tokens=(1, 9, 9), exactness="mismatch")])])}
+    assert rows[("humaneval", "csd")].mismatches == 1
+
+
+def test_raising_repeats_on_a_finished_run_adds_only_the_new_rounds(tmp_path):
+    from csdrafting.bench.runner import collapse_repeats
+
+    methods, prompts, units = _setup(tmp_path)
+    assert _run(tmp_path, _executor(), methods, prompts, units) == len(units)
+    more = plan(methods, list(prompts.values()), repeats=2)
+    n_eval = sum(u.phase == EVAL for u in units)
+    assert _run(tmp_path, _executor(), methods, prompts, more) == n_eval
+    recs = _lines(tmp_path / "records.jsonl")
+    assert len(recs) == len(units) + n_eval
+    assert all(r["matches_baseline"] for r in recs if r["method"] != r["baseline"])  # later rounds checked too
+    folded = collapse_repeats(recs)
+    assert len(folded) == len(units) and sorted(r["key"] for r in folded) == sorted(u.key for u in units)
+    assert all(r["repeats"]["n"] == 2 and r["repeats"]["identical_outputs"] for r in folded if r["phase"] == EVAL)

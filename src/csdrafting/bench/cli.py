@@ -3,6 +3,7 @@
     csdrafting bench quick                       # ~10 min on 2 cores: 1 prompt per dataset, 64 tokens
     csdrafting bench full                        # hours: 10 prompts per dataset, 128 tokens, calibration, peers
     csdrafting bench full --limit 20 --out runs/big
+    csdrafting bench full --repeats 3            # each prompt's methods 3 rounds in a row; median timings
     csdrafting bench full --summary-only         # rebuild summary.md and the plots from records.jsonl
     csdrafting bench quick --peers llama-cpp-ngram-map-k,llama-cpp-ngram-mod   # + llama.cpp's own programs
     csdrafting bench noise --model qwen2.5-coder-1.5b:Q4_K_M   # batch-shape noise: the tie threshold
@@ -10,7 +11,8 @@
                                                  # ngram-mod / ngram-map-k (their programs build once, ~10 min)
 
 Output in --out (default runs/bench-<suite>/): records.jsonl (one record per prompt and method, written
-as it goes; rerun the same command to resume), prompts.json (the token ids every method was given),
+as it goes, a repetition as its own line; rerun the same command to resume, with a higher --repeats to
+add repetitions), prompts.json (the token ids every method was given),
 run.json (the settings; a resume with different settings is refused), summary.md and *.png.
 """
 
@@ -32,7 +34,8 @@ from .llamacpp_bin import BIN_BASELINE
 from .machine import machine, placement, versions
 from .methods import DEFAULT_GRIDS, ENGINE, ENGINE_METHODS, HF, LLAMA, LLAMA_BIN, PEERS, build_methods
 from .prompts import chat_render, context_needed, prepare_prompts
-from .runner import CALIBRATION, EVAL, ExecutorPool, RecordStore, choose_lengths, exclusive, execute, plan
+from .runner import (CALIBRATION, EVAL, ExecutorPool, RecordStore, choose_lengths, collapse_repeats, exclusive,
+                     execute, plan)
 from .summary import calibration_failures, exactness_failures, write_summary
 from .turns import TIMINGS
 
@@ -100,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="eval prompts per dataset")
     p.add_argument("--calibration-prompts", type=int, help="calibration prompts per dataset for the draft-length grids (0: no grid)")
     p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run each eval prompt's methods this many rounds in a row and report each one's median timing "
+                        "(a busy spell of the machine then falls on every method; default 1). Raising it on a finished "
+                        "run adds the missing rounds")
     p.add_argument("--methods", type=_names(ENGINE_METHODS), help=f"engine methods (default all): {','.join(ENGINE_METHODS)}")
     p.add_argument("--peers", type=_names(PEERS + (BIN_BASELINE,)),
                    help=f"peers, or 'none': {','.join(PEERS)} (each family's plain decoding comes with it)")
@@ -253,6 +260,8 @@ def resolve_plan(args: argparse.Namespace, spec) -> RunPlan:
         peers = tuple(p for p in peers if not p.startswith("hf-"))
     if min(limit, cal, max_new) < 0 or max_new == 0:
         raise CSDraftingError("--limit and --calibration-prompts must be >= 0 and --max-new-tokens > 0")
+    if args.repeats < 1:
+        raise CSDraftingError(f"--repeats must be at least 1 (got {args.repeats})")
     grids = {k: v for k, v in {"sd": args.grid_sd, "maxgram": args.grid_maxgram, "oracle": args.grid_oracle,
                                 "llama-pld": args.grid_llama_pld}.items() if v}
     from ..spec import CascadeSpec, neural
@@ -298,7 +307,7 @@ def run(args: argparse.Namespace, spec, argv) -> int:
         prompts, eos = prepare_prompts(out, p.datasets, p.limit, p.calibration, tokenizer_model)
         eos_box.extend(eos)
         n_ctx_box.append(min(spec.n_ctx, -(-context_needed(prompts, p.max_new) // 256) * 256))
-        units = plan(methods, prompts, p.hf_limit)
+        units = plan(methods, prompts, p.hf_limit, args.repeats)
         pending = sum(u.key not in store for u in units)
         print(f"# {len(units)} runs planned, {len(units) - pending} already recorded, {pending} to go", file=sys.stderr)
         t0 = time.perf_counter()
@@ -357,13 +366,24 @@ def _timing_line(settings: dict) -> str:
     return f"{head} (a run from before both timings were recorded: the other one is missing)"
 
 
+def _repeats_note(records: list[dict], runs: int) -> str:
+    """How many runs the records fold, where some prompts ran several times (--repeats)."""
+    reps = sorted({r["repeats"]["n"] for r in records if "repeats" in r})
+    if not reps:
+        return ""
+    differ = sum(not r["repeats"]["identical_outputs"] for r in records if "repeats" in r)
+    return (f" ({runs} runs: eval records with {'/'.join(map(str, reps))} interleaved repetitions show their median "
+            f"timings{f'; {differ} of them gave different outputs in different repetitions' if differ else ''})")
+
+
 def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool = False) -> int:
     """Write summary.md and the plots from records.jsonl; print it; 1 if an exact method mismatched."""
     path = out / "records.jsonl"
     if not path.exists():
         raise CSDraftingError(f"{path} does not exist: run the benchmark first")
     store = RecordStore(path)
-    records = store.values()
+    runs = store.values()
+    records = collapse_repeats(runs)
     settings = json.loads((out / "run.json").read_text())["settings"] if (out / "run.json").exists() else {}
     from .methods import Method
 
@@ -383,7 +403,8 @@ def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool
         "models": "; ".join(f"{n} ({k})" for n, k in names.items()),
         "generation": f"greedy, max_new_tokens {settings.get('max_new_tokens', '?')}",
         "timing": _timing_line(settings),
-        "records": f"{sum(r['phase'] == EVAL for r in records)} eval + {sum(r['phase'] == CALIBRATION for r in records)} calibration",
+        "records": f"{sum(r['phase'] == EVAL for r in records)} eval + {sum(r['phase'] == CALIBRATION for r in records)} calibration"
+                   + _repeats_note(records, len(runs)),
         "notes": NOTES,
     }
     md_path, rows = write_summary(records, out, meta, choices, order or [m.name for m in methods])

@@ -6,6 +6,11 @@ method's draft-length grid on calibration-split prompts; phase "eval" runs each 
 length that calibration chose for that dataset (best aggregate tokens/s by the run's headline timing),
 on eval-split prompts.
 
+Repetitions (`--repeats N`): every eval unit runs N times, round after round of all methods on the same
+prompt, so that a slow spell of a shared machine falls on every method alike; each repetition is its own
+record (`repeat` 0..N-1, key suffixed `#r`), and `collapse_repeats` makes one record per unit of them, with
+the median timings, before anything is summarized. Raising N on a finished run adds the missing repetitions.
+
 Resume: every finished unit is appended to records.jsonl as one line, flushed and fsynced before the
 next unit starts. A run that is killed loses at most the unit in flight; a line cut short by the kill is
 dropped (and the file rewritten without it) when the store is opened again, so each unit ends up with
@@ -19,6 +24,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +37,7 @@ from .methods import HF, Method
 from .turns import DIVERGENT, DECODE, Render, classify, record_fields, run_turns, turns_of
 
 __all__ = ["CALIBRATION", "DIVERGENT", "EVAL", "Executor", "ExecutorPool", "PromptIds", "RecordStore", "Unit",
-           "choose_lengths", "classify", "execute", "plan"]
+           "choose_lengths", "classify", "collapse_repeats", "execute", "plan"]
 
 CALIBRATION, EVAL = "calibration", "eval"
 
@@ -43,6 +49,7 @@ class Unit:
     prompt_id: str
     method: str
     length: int | None = None  # the grid point of a calibration unit; None: the chosen (or default) length
+    rep: int = 0  # which repetition of an eval unit (0: the first, keyed as before repetitions existed)
 
     @property
     def variant(self) -> str:
@@ -50,7 +57,7 @@ class Unit:
 
     @property
     def key(self) -> str:
-        return f"{self.phase}|{self.dataset}|{self.prompt_id}|{self.variant}"
+        return f"{self.phase}|{self.dataset}|{self.prompt_id}|{self.variant}" + (f"#r{self.rep}" if self.rep else "")
 
     def baseline_key(self, baseline: str) -> str:
         return f"{self.phase}|{self.dataset}|{self.prompt_id}|{baseline}"
@@ -143,13 +150,17 @@ def exclusive(out_dir: Path) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------------ planning
 
 
-def plan(methods: Sequence[Method], prompts: Sequence[PromptIds], hf_limit: int | None = None) -> list[Unit]:
+def plan(methods: Sequence[Method], prompts: Sequence[PromptIds], hf_limit: int | None = None,
+         repeats: int = 1) -> list[Unit]:
     """All units, in execution order: calibration before eval, prompt by prompt, methods in list order.
 
     Calibration runs each family's baseline too (the oracle needs plain's output as its reference, and
     every grid point is checked for exactness against it). `hf_limit` caps the transformers peers to the
-    first N eval prompts of each dataset (they are slow on CPU).
+    first N eval prompts of each dataset (they are slow on CPU). `repeats`: each eval prompt's methods run
+    that many rounds in a row (module docstring).
     """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise CSDraftingError(f"repeats must be a positive integer (got {repeats!r})")
     tunable = [m for m in methods if m.tunable]
     need_base = {m.baseline for m in tunable}
     units: list[Unit] = []
@@ -166,11 +177,58 @@ def plan(methods: Sequence[Method], prompts: Sequence[PromptIds], hf_limit: int 
         if p.phase != EVAL:
             continue
         i = seen[p.dataset] = seen.get(p.dataset, -1) + 1
-        for m in methods:
-            if m.family == HF and hf_limit is not None and i >= hf_limit:
-                continue
-            units.append(Unit(EVAL, p.dataset, p.id, m.name))
+        for rep in range(repeats):
+            for m in methods:
+                if m.family == HF and hf_limit is not None and i >= hf_limit:
+                    continue
+                units.append(Unit(EVAL, p.dataset, p.id, m.name, rep=rep))
     return units
+
+
+# timings a repetition changes, and the rates they give (tokens/s); everything else is the first run's
+_SECONDS = ("seconds", "e2e_seconds", "prefill_seconds", "decode_seconds")
+_RATES = ("tokens_per_second", "e2e_tokens_per_second", "decode_tokens_per_second")
+_SEVERITY = {None: 0, IDENTICAL: 0, TIE: 1, DIVERGENT: 2, MISMATCH: 3}
+
+
+def _unit_of(rec: dict) -> object:
+    """The unit a record ran: its key without a repetition's suffix (a record without a key is its own)."""
+    key, rep = rec.get("key"), rec.get("repeat", 0)
+    if key is None:
+        return id(rec)
+    return key[: -len(f"#r{rep}")] if rep and key.endswith(f"#r{rep}") else key
+
+
+def collapse_repeats(records: Iterable[dict]) -> list[dict]:
+    """One record per unit: the repetitions of a unit (`repeat` > 0, see the module docstring) fold into its
+    first, whose timings and rates become the medians over all of them (`repeats` keeps each run's decode
+    and end-to-end seconds). Their outputs should agree (the same greedy computation); where one differs,
+    the collapsed record carries the output and exactness verdict of the worst repetition, so a mismatch
+    in any run is reported. Records of units run once pass through unchanged, in their order."""
+    groups: dict[object, list[dict]] = {}
+    for r in records:
+        groups.setdefault(_unit_of(r), []).append(r)
+    out = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        runs = sorted(runs, key=lambda r: r.get("repeat", 0))
+        rec = dict(runs[0])
+        for f in _SECONDS + _RATES:
+            if all(f in r for r in runs):
+                rec[f] = statistics.median(r[f] for r in runs)
+        worst = max(runs, key=lambda r: _SEVERITY.get(r.get("exactness"), 0))
+        if worst is not runs[0]:
+            for f in ("tokens", "new_tokens", "finish_reason", "exactness", "matches_baseline", "divergence"):
+                if f in worst:
+                    rec[f] = worst[f]
+        rec["repeats"] = {"n": len(runs), "decode_seconds": [r.get("decode_seconds") for r in runs],
+                          "e2e_seconds": [r.get("e2e_seconds") for r in runs],
+                          "identical_outputs": all(r["tokens"] == runs[0]["tokens"] for r in runs)}
+        rec.pop("repeat", None)
+        out.append(rec)
+    return out
 
 
 def choose_lengths(methods: Sequence[Method], records: Iterable[dict]) -> dict[tuple[str, str], dict]:
@@ -281,7 +339,7 @@ def execute(
     try:
         for u in pending:
             m = by_name[u.method]
-            bar.set_description(f"{u.phase[:5]} {u.dataset} {u.prompt_id[-12:]} {u.variant}")
+            bar.set_description(f"{u.phase[:5]} {u.dataset} {u.prompt_id[-12:]} {u.variant}" + (f" r{u.rep}" if u.rep else ""))
             length = u.length
             if u.phase == EVAL and m.tunable:
                 if choices is None or (u.dataset, m.name) not in choices:
@@ -297,7 +355,7 @@ def execute(
             rec = {
                 "key": u.key, "phase": u.phase, "dataset": u.dataset, "prompt_id": u.prompt_id,
                 "category": prompt.category, "group": prompt.group or u.dataset, "method": m.name,
-                "variant": u.variant, "family": m.family, "baseline": m.baseline, "params": params,
+                "variant": u.variant, "repeat": u.rep, "family": m.family, "baseline": m.baseline, "params": params,
                 "max_new_tokens": max_new_tokens, "timing": timing, **record_fields(turns, timing),
                 "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
             }
