@@ -1,8 +1,10 @@
-"""The what-if replay (bench/replay.py) walks the engine's own greedy steps: same steps, drafts and acceptances."""
+"""The what-if replay (bench/replay.py) runs the engine against a target that replays a reference output: the
+same steps, drafts, acceptances and priced time as the engine on the real model."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from csdrafting.cascade.planning import CostCurve
 from csdrafting.drafters.suffix import SuffixDrafter, default_calibration
 
 # a compute-bound curve with the shape of the 1.5B Q4_K_M target's (seconds: the engine's own drafting time,
-# microseconds here, is then negligible in the planner's sums, which the replay takes as zero)
+# microseconds here and counted by the planner in both runs, is then negligible in its sums)
 CURVE = CostCurve((1, 2, 4, 8, 16, 17, 32, 33, 64, 65), (1.0, 1.8, 2.9, 6.8, 10.8, 11.1, 15.1, 16.5, 29.8, 32.3))
 
 
@@ -43,6 +45,37 @@ def test_replay_walks_the_engines_steps(cap, ceiling):
         assert got.seconds == pytest.approx(sum(CURVE(n) for n in _review_sizes(m)))
         drafted_somewhere |= got.accepted > 0
     assert drafted_somewhere  # the cases exercise drafting, not only plain steps
+
+
+def test_a_reference_cut_short_ends_the_replay_there():
+    """An output that stopped at an end token the replay was not given (or at a smaller max_new_tokens) is
+    replayed to its end and no further, and every review past it is refused by the stand-in target."""
+    target, prompt = _copying_case(2)
+    out = Cascade(target).generate(prompt, 120).tokens[:50]
+    got = rp.replay(rp.Reference("toy", "cut", prompt, out, 120), SuffixDrafter(default_calibration()), CURVE, 64)
+    assert got.plain_seconds == pytest.approx(50 * CURVE(1)) and got.accepted <= 49 and 1 <= got.steps <= 50
+    with pytest.raises(Exception, match="greedy tokens only"):
+        rp._ReferenceTarget(rp.Reference("toy", "x", prompt, out, 120), frozenset(), CURVE).extend([1])
+
+
+class _SlowSuffix(SuffixDrafter):
+    """The suffix drafter on a machine so busy that each proposal takes 10 ms."""
+
+    def propose_scored(self, seq, n):
+        time.sleep(0.01)
+        return super().propose_scored(seq, n)
+
+
+def test_a_busy_machine_does_not_change_the_replay():
+    """The planner weighs drafting time against the review's; a replay stops that clock, so a drafter slowed
+    down (by load on the machine replaying) plans exactly as a fast one, even where a step costs ~ms (with the
+    clock running, the 10 ms spent make longer drafts pay: 4 steps instead of 20 here)."""
+    fast = CostCurve(CURVE.ns, tuple(s / 1000 for s in CURVE.seconds))  # 1 ms a token: the sleeps would matter
+    target, prompt = _copying_case(3)
+    ref = rp.Reference("toy", "3", prompt, Cascade(target).generate(prompt, 80).tokens, 80)
+    a = rp.replay(ref, SuffixDrafter(default_calibration(), max_confidence=0.9), fast, 64)
+    b = rp.replay(ref, _SlowSuffix(default_calibration(), max_confidence=0.9), fast, 64)
+    assert a.accepted > 0 and (a.steps, a.drafted, a.accepted, a.seconds) == (b.steps, b.drafted, b.accepted, b.seconds)
 
 
 def _review_sizes(m) -> list[int]:

@@ -7,16 +7,17 @@ Under greedy decoding a cascade of the target and one statistical drafter (K = [
 fully determined by three things: the target's own greedy output (a review accepts exactly the drafted
 prefix that equals it), the drafter's proposals and confidences (a function of the text so far), and the
 planner's choices given the target's cost curve. A bench run records the first (its `plain` records, with
-the prompts' token ids) and the curve (`target_cost_curve`). This module walks the engine's steps along
-them (`Cascade._step` for one statistical level: propose up to the cap and the room left, keep what the
-planner keeps, clip after an end token, accept the prefix that matches, commit it) and charges every step
-the curve's price of its review, so other settings of the drafter and the cap are compared in seconds
-instead of hours of target passes. It reproduces the engine's steps, drafts and acceptances when the
-drafter's own time is negligible beside the curve (tests/test_replay.py); on a real run it matched the
-target passes within 2% and ordered the configurations as measured (README, "Trusting a copy"). Its
-speedups are predictions under the curve: real ones differ with the machine's noise, with the context
-length (the curve is measured at 256 cached tokens) and with how far plain decoding's one-token passes
-differ from the curve's one-token price.
+the prompts' token ids) and the curve (`target_cost_curve`). This module runs the engine itself (`Cascade`)
+against a stand-in target that answers every review from that output, and charges every pass the curve's
+price of its length, so other settings of the drafter and the cap are compared in seconds instead of hours
+of target passes. Only the target is replayed: drafting, planning and review are the engine's code, so the
+replay cannot drift from it, but for one thing: the planner's clock is stopped (the drafter's own time, ~0.4%
+of a step on the real target, counts as nothing), so that a replay plans alike on a busy and an idle machine.
+tests/test_replay.py checks it against a run on a real (tiny) model. On a real bench run it matched the target
+passes within 2% and ordered the configurations as measured (README, "Trusting a copy"). Its speedups are
+predictions under the curve: real ones differ with the machine's noise, with the context length (the curve is
+measured at 256 cached tokens; longer contexts make reviews dearer) and with how far plain decoding's
+one-token passes differ from the curve's one-token price.
 The oracle row drafts the target's own output, surely accepted, at the length that is cheapest per token
 under the curve (at most 64).
 """
@@ -32,10 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..cascade.planning import CostCurve, DraftValue, best_length
+import numpy as np
+
+from ..cascade.config import CascadeConfig
+from ..cascade.engine import Cascade, StopGeneration
+from ..cascade.planning import CostCurve
 from ..drafters.base import StatisticalDrafter
-from ..protocol import CSDraftingError
+from ..protocol import CSDraftingError, ModelInfo
 from ..sequences import common_prefix
+from .runner import collapse_repeats
 
 
 @dataclass
@@ -74,7 +80,7 @@ def load_run(run: str | Path) -> tuple[list[Reference], CostCurve | None, frozen
     run = Path(run)
     try:
         prompts = json.loads(_read(run / "prompts.json"))
-        records = [json.loads(line) for line in _read(run / "records.jsonl").splitlines() if line.strip()]
+        records = collapse_repeats(json.loads(line) for line in _read(run / "records.jsonl").splitlines() if line.strip())
     except (OSError, json.JSONDecodeError, gzip.BadGzipFile) as e:
         raise CSDraftingError(f"{run} is not a readable bench run (prompts.json, records.jsonl): {e}") from e
     ids = {(p["dataset"], p["id"]): p for p in prompts["prompts"] if p.get("phase", "eval") == "eval"}
@@ -92,50 +98,75 @@ def load_run(run: str | Path) -> tuple[list[Reference], CostCurve | None, frozen
     return refs, curve, frozenset(int(t) for t in prompts.get("eos", ()))
 
 
+class _ReferenceTarget:
+    """A target whose greedy computation is already known: along the reference (the prompt, then the target's
+    own output) each row's argmax is the reference's next token. It answers only `extend_argmax`, which is all
+    the engine asks of a target under greedy decoding; every pass past the prompt is priced by `price` (the
+    review of n tokens costs price(n)) instead of being run."""
+
+    def __init__(self, ref: Reference, eos: frozenset[int], price: CostCurve) -> None:
+        self.full = list(ref.prompt) + list(ref.output)
+        vocab = max(self.full + list(eos)) + 1
+        self.info = ModelInfo("replayed target", vocab, 0, frozenset(eos))
+        self.n_prompt, self.price = len(ref.prompt), price
+        self._cached: list[int] = []
+        self.seconds = 0.0
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        return self._cached
+
+    def begin(self, prompt: Sequence[int]) -> list[int]:
+        return list(prompt)
+
+    def rollback(self, n: int) -> None:
+        del self._cached[n:]
+
+    def extend(self, tokens: Sequence[int], logits_from: int = 0) -> np.ndarray:
+        raise CSDraftingError("the replayed target knows its greedy tokens only, not its logits")
+
+    def extend_argmax(self, tokens: Sequence[int], logits_from: int = 0) -> np.ndarray:
+        start = len(self._cached)
+        self._cached += [int(t) for t in tokens]
+        if len(self._cached) >= self.n_prompt:  # a decoding pass (the prefill leaves the prompt's last token out)
+            self.seconds += self.price(len(tokens))
+        on_track = common_prefix(self._cached, self.full)
+        # row i predicts the token after position i; off the reference (after a rejected draft token) the
+        # target's answer is unknown, and the engine never reads it
+        return np.array([self.full[i + 1] if i < on_track and i + 1 < len(self.full) else 0
+                         for i in range(start + logits_from, len(self._cached))], dtype=np.int64)
+
+
+def _stopped() -> float:
+    return 0.0
+
+
 def replay(ref: Reference, drafter: StatisticalDrafter, curve: CostCurve, cap: int, eos: frozenset[int] = frozenset(),
            price: CostCurve | None = None) -> Replayed:
-    """The engine's greedy steps with `drafter` as the only level below the target (module docstring).
+    """The engine's greedy generation with `drafter` as the only level below the target (K = [[cap]],
+    cost-aware), run by the engine itself (`Cascade`) against a target that replays the reference.
 
     The planner plans with `curve`; the steps are priced by `price` (default: the same curve), so a planner
     that believes a wrong curve can be priced by the right one."""
     price = price or curve
-    out, n = ref.output, len(ref.output)
-    drafter.begin(ref.prompt)
-    seq = list(ref.prompt)
-    t = steps = drafted = accepted = 0
-    seconds = 0.0
-    while t < n:
-        room = ref.max_new - t - 1  # as the engine: draft tokens that can still matter
-        quota = min(cap, room)
-        draft: list[int] = []
-        value = DraftValue()
-        while len(draft) < quota:  # the engine's loop for its bottom level (Cascade._step)
-            prop = drafter.propose_scored(seq + draft, quota - len(draft))
-            keep = best_length(prop.confidence, curve, value, len(draft))
-            stalled = keep < len(prop.tokens)
-            for c in prop.confidence[:keep]:
-                value.add(c)
-            if keep == 0:
-                break
-            draft += prop.tokens[:keep]
-            ends = False
-            for i, tok in enumerate(draft[:room]):  # Draft.clip: at most `room`, nothing after an end token
-                if tok in eos:
-                    del draft[i + 1 :]
-                    ends = True
-                    break
-            del draft[room:]
-            if ends or stalled:
-                break
-        a = common_prefix(draft, out[t : t + len(draft)])
-        got = min(a + 1, n - t)
-        seconds += price(len(draft) + 1)
-        drafted, accepted, steps = drafted + len(draft), accepted + a, steps + 1
-        seq += out[t : t + got]
-        t += got
-        drafter.committed(seq)
-    drafter.end(seq)
-    return Replayed(steps, seconds, n * price(1), drafted, accepted)
+    n = len(ref.output)
+    target = _ReferenceTarget(ref, eos, price)
+    config = CascadeConfig.make([[cap]], dynamic=True, costs=[curve, None])
+    got: list[int] = []
+
+    def until_the_reference_ends(tokens: list[int]) -> None:
+        got.extend(tokens)  # the reference may end at an end token the replay was not given: stop where it ends
+        if len(got) >= n:
+            raise StopGeneration("reference")
+
+    cascade = Cascade(target, [drafter], config)
+    cascade.clock = _stopped  # the drafter's own time counts as nothing (it is ~0.4% of a real step), so a
+    # replay plans the same on a busy machine as on an idle one
+    res = cascade.generate(ref.prompt, ref.max_new, on_tokens=until_the_reference_ends)
+    if res.tokens[:n] != ref.output:
+        raise CSDraftingError(f"{ref.dataset}/{ref.prompt_id}: the replay left the reference output (a bug)")
+    m = res.metrics
+    return Replayed(m.target_steps, target.seconds, n * price(1), m.levels[1].drafted, m.levels[1].accepted)
 
 
 def best_oracle_length(curve: CostCurve, cap: int = 64) -> int:

@@ -100,6 +100,10 @@ class Cascade:
         # routing needs a reviewer with a neural drafter to go around and a near-free bottom to look at
         routable = self.bottom >= 2 and isinstance(self.levels[-1], StatisticalLevel)
         self.router = Router() if self.config.route and self.dynamic and routable else None
+        # The clock that prices the drafting a step has done so far, for the cost-aware planner (it weighs the
+        # levels' own time against the review's). A replay that stands in for the target (bench/replay.py)
+        # stops it, so that its plans do not depend on how busy the machine running the replay is.
+        self.clock: Callable[[], float] = time.perf_counter
 
     # ----------------------------------------------------------------------------------------------------
     def generate(
@@ -246,7 +250,7 @@ class Cascade:
         run, k = self.run, self.config.k
         draft = Draft()
         room = self.max_new - len(base) - 1  # draft tokens that can still matter: the review adds one more
-        plan = StepPlan(self.levels[r].cost) if self.dynamic else None
+        plan = StepPlan(self.levels[r].cost, self.clock) if self.dynamic else None
         through: dict[int, tuple[int, float]] = {}  # routing's bookkeeping: drafter j -> (steps, seconds)
         for j in range(r + 1, self.bottom + 1):
             lv = self.levels[j]

@@ -215,13 +215,14 @@ def worth_more(value: DraftValue, review: CostCurve, have: int, spent: float, ne
 class StepPlan:
     """Cost-aware drafting for one reviewer's step: the draft's value so far and the time spent on it."""
 
-    def __init__(self, review: CostCurve) -> None:
+    def __init__(self, review: CostCurve, clock: Callable[[], float] = time.perf_counter) -> None:
         self.review = review
         self.value = DraftValue()
-        self.t0 = time.perf_counter()
+        self.clock = clock  # what drafting has spent is priced by this clock (the replay stops it)
+        self.t0 = clock()
 
     def spent(self) -> float:
-        return time.perf_counter() - self.t0
+        return self.clock() - self.t0
 
     def keep(self, conf: Sequence[float | None], have: int) -> int:
         return best_length(conf, self.review, self.value, have, self.spent())
