@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..exactness import DEFAULT_WIDTHS
 from ..protocol import CSDraftingError, run_guarded
 
 
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="llamacpp", choices=["llamacpp", "hf"])
     p.add_argument("--prompts", type=int, default=4, help="real prompts (default 4)")
     p.add_argument("--positions", type=int, default=64, help="generated positions per prompt (default 64)")
-    p.add_argument("--widths", default="2,4,8,16", help="batch widths of the review-shaped passes (default 2,4,8,16)")
+    widths = ",".join(map(str, DEFAULT_WIDTHS))
+    p.add_argument("--widths", default=widths, help=f"batch widths of the review-shaped passes (default {widths}: the "
+                   "review sizes the cost-aware planner uses)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="the table to update (default: this machine's, in the cache directory)")
     return p
