@@ -14,6 +14,7 @@ from csdrafting import Cascade, CascadeConfig
 from csdrafting.bench import replay as rp
 from csdrafting.cascade.planning import CostCurve
 from csdrafting.drafters.suffix import SuffixDrafter, default_calibration
+from csdrafting.protocol import CSDraftingError
 
 # a compute-bound curve with the shape of the 1.5B Q4_K_M target's (seconds: the engine's own drafting time,
 # microseconds here and counted by the planner in both runs, is then negligible in its sums)
@@ -49,12 +50,13 @@ def test_replay_walks_the_engines_steps(cap, ceiling):
 
 def test_a_reference_cut_short_ends_the_replay_there():
     """An output that stopped at an end token the replay was not given (or at a smaller max_new_tokens) is
-    replayed to its end and no further, and every review past it is refused by the stand-in target."""
+    replayed to its end and no further. The stand-in target knows greedy tokens only: asked for logits (what
+    sampling or lenience would need), it refuses."""
     target, prompt = _copying_case(2)
     out = Cascade(target).generate(prompt, 120).tokens[:50]
     got = rp.replay(rp.Reference("toy", "cut", prompt, out, 120), SuffixDrafter(default_calibration()), CURVE, 64)
     assert got.plain_seconds == pytest.approx(50 * CURVE(1)) and got.accepted <= 49 and 1 <= got.steps <= 50
-    with pytest.raises(Exception, match="greedy tokens only"):
+    with pytest.raises(CSDraftingError, match="greedy tokens only"):
         rp._ReferenceTarget(rp.Reference("toy", "x", prompt, out, 120), frozenset(), CURVE).extend([1])
 
 
