@@ -16,7 +16,7 @@ of a step on the real target, counts as nothing), so that a replay plans alike o
 tests/test_replay.py checks it against a run on a real (tiny) model. On a real bench run it matched the target
 passes within 2% and ordered the configurations as measured (README, "Trusting a copy"). Its speedups are
 predictions under the curve: real ones differ with the machine's noise, with the context length (the curve is
-measured at 256 cached tokens; longer contexts make reviews dearer) and with how far plain decoding's
+measured at 256 cached tokens; longer contexts make every pass dearer) and with how far plain decoding's
 one-token passes differ from the curve's one-token price.
 The oracle row drafts the target's own output, surely accepted, at the length that is cheapest per token
 under the curve (at most 64).
