@@ -138,3 +138,35 @@ def test_bad_runs_are_refused(tmp_path, capsys):
     (tmp_path / "records.jsonl").write_text("")
     assert rp.main([str(tmp_path)]) == 2
     assert "no single-turn `plain` eval records" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("route", [False, True])
+def test_replay_of_a_cascade_with_a_neural_drafter(route):
+    """A cascade whose neural drafter runs for real (tiny transformers here, the 0.5B in a replay of the F32
+    tier) and a statistical level below it, routed or not: the replay takes the same steps, drafts, routing
+    decisions and priced time as the engine on the real target, when the engine's planner is given the same
+    clock (the drafter's passes priced by its curve)."""
+    import tiny
+    from csdrafting.cascade.levels import ModelLevel
+    from test_dynamic import CHEAP, MEMORY, _calibration
+    from test_greedy_exact import PROMPTS, _family
+
+    target, drafters = _family(tiny.causal)
+    T, D = tiny.wrap(target, "t"), tiny.wrap(drafters[0], "d")
+    config = CascadeConfig.make([[6, 12], [0, 4]], dynamic=True, costs=[MEMORY, CHEAP, None], route=route)
+    drafted = 0
+    for i, prompt in enumerate(PROMPTS + [PROMPTS[0] * 3]):
+        real = Cascade(T, [D, SuffixDrafter(_calibration())], config)
+        real.clock = lambda c=real: sum(lv.priced for lv in c.levels[1:] if isinstance(lv, ModelLevel))
+        res = real.generate(prompt, 40)
+        m = res.metrics
+        ref = rp.Reference("toy", str(i), prompt, res.tokens, 40)
+        got = rp.replay_cascade(ref, [D, SuffixDrafter(_calibration())], config, MEMORY)
+        assert (got.steps, got.drafted, got.accepted) == (m.target_steps, m.levels[1].drafted, m.levels[1].accepted)
+        drafting = real.levels[1].priced
+        assert got.drafting_seconds == pytest.approx(drafting) and drafting > 0
+        assert got.seconds == pytest.approx(sum(MEMORY(n) for n in _review_sizes(m)) + drafting)
+        assert {k: v for k, v in got.routes.items() if k != "seconds"} == (
+            {k: v for k, v in m.routes.items() if k != "seconds"} if route else {})
+        drafted += m.levels[2].drafted
+    assert drafted > 0  # the statistical level drafted somewhere, so the cascade's lower level took part

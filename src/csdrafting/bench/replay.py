@@ -11,8 +11,17 @@ the prompts' token ids) and the curve (`target_cost_curve`). This module runs th
 against a stand-in target that answers every review from that output, and charges every pass the curve's
 price of its length, so other settings of the drafter and the cap are compared in seconds instead of hours
 of target passes. Only the target is replayed: drafting, planning and review are the engine's code, so the
-replay cannot drift from it, but for one thing: the planner's clock is stopped (the drafter's own time, ~0.4%
-of a step on the real target, counts as nothing), so that a replay plans alike on a busy and an idle machine.
+replay cannot drift from it, but for one thing: the planner's clock counts the drafters' passes at their
+curves' prices (a statistical drafter's own time, ~0.4% of a step on the real target, counts as nothing),
+so that a replay plans alike on a busy and an idle machine.
+
+`--configs` replays whole cascades (any K, routing, neural drafters) from config files: the neural drafters
+run for real and their passes are priced by their measured curves, so a memory-bound target (the F32 tier,
+a GPU) can be studied from a cheap run of the shipped Q4_K_M target's outputs:
+
+    python -m csdrafting.bench.replay runs/q4-plain --curves f32.json \
+        --configs docs/bench/configs/f32-csd-dynamic.json,docs/bench/configs/f32-sd-dynamic.json --out replay.json
+
 tests/test_replay.py checks it against a run on a real (tiny) model. On a real bench run it matched the target
 passes within 2% and ordered the configurations as measured (README, "Trusting a copy"). Its speedups are
 predictions under the curve: real ones differ with the machine's noise, with the context length (the curve is
@@ -25,23 +34,29 @@ under the curve (at most 64).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import itertools
 import json
 import statistics
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from ..cascade.config import CascadeConfig
 from ..cascade.engine import Cascade, StopGeneration
+from ..cascade.levels import ModelLevel
 from ..cascade.planning import CostCurve
 from ..drafters.base import StatisticalDrafter
-from ..protocol import CSDraftingError, ModelInfo
+from ..protocol import CSDraftingError, LanguageModel, ModelInfo
 from ..sequences import common_prefix
 from .runner import collapse_repeats
+
+if TYPE_CHECKING:
+    from ..spec import CascadeSpec
 
 
 @dataclass
@@ -58,8 +73,10 @@ class Replayed:
     steps: int  # target passes
     seconds: float  # the curve's price of the steps' reviews (decoding only)
     plain_seconds: float  # the same output decoded one token per pass, at the same price
-    drafted: int
+    drafted: int  # tokens of level 1 (the first drafter) in the target's drafts
     accepted: int
+    drafting_seconds: float = 0.0  # the neural drafters' passes, priced by their curves (included in seconds)
+    routes: dict = field(default_factory=dict)  # routing's decisions (a routed cascade)
 
     @property
     def speedup(self) -> float:
@@ -104,10 +121,12 @@ class _ReferenceTarget:
     the engine asks of a target under greedy decoding; every pass past the prompt is priced by `price` (the
     review of n tokens costs price(n)) instead of being run."""
 
-    def __init__(self, ref: Reference, eos: frozenset[int], price: CostCurve) -> None:
+    def __init__(self, ref: Reference, eos: frozenset[int], price: CostCurve, like: ModelInfo | None = None) -> None:
         self.full = list(ref.prompt) + list(ref.output)
         vocab = max(self.full + list(eos)) + 1
-        self.info = ModelInfo("replayed target", vocab, 0, frozenset(eos))
+        # beside neural drafters it claims their vocabulary (the reference came from a target they can draft for)
+        self.info = (ModelInfo("replayed target", vocab, 0, frozenset(eos)) if like is None else
+                     dataclasses.replace(like, name="replayed target", n_params=0, eos_token_ids=frozenset(eos) or like.eos_token_ids))
         self.n_prompt, self.price = len(ref.prompt), price
         self._cached: list[int] = []
         self.seconds = 0.0
@@ -137,10 +156,6 @@ class _ReferenceTarget:
                          for i in range(start + logits_from, len(self._cached))], dtype=np.int64)
 
 
-def _stopped() -> float:
-    return 0.0
-
-
 def replay(ref: Reference, drafter: StatisticalDrafter, curve: CostCurve, cap: int, eos: frozenset[int] = frozenset(),
            price: CostCurve | None = None) -> Replayed:
     """The engine's greedy generation with `drafter` as the only level below the target (K = [[cap]],
@@ -148,10 +163,23 @@ def replay(ref: Reference, drafter: StatisticalDrafter, curve: CostCurve, cap: i
 
     The planner plans with `curve`; the steps are priced by `price` (default: the same curve), so a planner
     that believes a wrong curve can be priced by the right one."""
-    price = price or curve
-    n = len(ref.output)
-    target = _ReferenceTarget(ref, eos, price)
     config = CascadeConfig.make([[cap]], dynamic=True, costs=[curve, None])
+    return replay_cascade(ref, [drafter], config, price or curve, eos)
+
+
+def replay_cascade(ref: Reference, drafters: Sequence, config: CascadeConfig, price: CostCurve,
+                   eos: frozenset[int] = frozenset()) -> Replayed:
+    """Any greedy cascade (its K, cost-aware planning, routing) over `drafters`, statistical drafters and real
+    neural models alike, run by the engine against a target that replays the reference.
+
+    Only the target is replayed: the neural drafters run for real, and their passes are priced by their cost
+    curves in `config.costs` (the target's entry there is what the planner believes; `price` is what its
+    passes cost). The planner's clock is that price of the drafters' passes so far, so a replay plans the same
+    on a busy and an idle machine; a statistical level's own time counts as nothing (~0.4% of a real step).
+    `seconds` is the target's priced reviews plus the drafters' priced passes (decoding only)."""
+    n = len(ref.output)
+    neural_info = next((d.info for d in drafters if isinstance(d, LanguageModel)), None)
+    target = _ReferenceTarget(ref, eos, price, neural_info)
     got: list[int] = []
 
     def until_the_reference_ends(tokens: list[int]) -> None:
@@ -159,14 +187,16 @@ def replay(ref: Reference, drafter: StatisticalDrafter, curve: CostCurve, cap: i
         if len(got) >= n:
             raise StopGeneration("reference")
 
-    cascade = Cascade(target, [drafter], config)
-    cascade.clock = _stopped  # the drafter's own time counts as nothing (it is ~0.4% of a real step), so a
-    # replay plans the same on a busy machine as on an idle one
+    cascade = Cascade(target, list(drafters), config)
+    neural = [lv for lv in cascade.levels[1:] if isinstance(lv, ModelLevel)]
+    cascade.clock = lambda: sum(lv.priced for lv in neural)
     res = cascade.generate(ref.prompt, ref.max_new, on_tokens=until_the_reference_ends)
     if res.tokens[:n] != ref.output:
         raise CSDraftingError(f"{ref.dataset}/{ref.prompt_id}: the replay left the reference output (a bug)")
     m = res.metrics
-    return Replayed(m.target_steps, target.seconds, n * price(1), m.levels[1].drafted, m.levels[1].accepted)
+    drafting = sum(lv.priced for lv in neural)
+    return Replayed(m.target_steps, target.seconds + drafting, n * price(1), m.levels[1].drafted, m.levels[1].accepted,
+                    drafting, dict(m.routes or {}))
 
 
 def best_oracle_length(curve: CostCurve, cap: int = 64) -> int:
@@ -232,6 +262,35 @@ def _floats(text: str) -> list[float]:
         raise CSDraftingError(f"expected comma-separated numbers, got {text!r}") from e
 
 
+def config_rows(refs: Sequence[Reference], price: CostCurve, eos: frozenset[int], specs: dict[str, "CascadeSpec"],
+                progress: bool = True) -> dict[str, list[tuple[Reference, Replayed]]]:
+    """Every cascade spec replayed on every reference, its target's passes priced by `price` (the planner
+    believes the same curve); neural drafters are loaded once (as each spec places them) and run for real,
+    priced by the spec's measured curves, else by curves measured on this machine (kept in the cache)."""
+    from ..drafters import registry
+    from ..spec import drafter_objects, load_models, measured_curve
+
+    models: dict[str, object] = {}
+    out: dict[str, list[tuple[Reference, Replayed]]] = {}
+    for name, spec in specs.items():
+        spec.validate()
+        if not spec.dynamic or not spec.drafters:
+            raise CSDraftingError(f"{name}: the replay prices cost-aware cascades (dynamic: true, at least one drafter)")
+        for ref, m in load_models(spec, [d for d in spec.drafters if d not in models], progress).items():
+            models[ref] = m
+        curves = [None if registry.is_statistical(d) else CostCurve.from_json(spec.costs[d])
+                  if spec.costs and d in spec.costs else measured_curve(models[d], spec.threads, False, progress)
+                  for d in spec.drafters]
+        rows = out[name] = []
+        for r in refs:
+            drafters = drafter_objects(spec.drafters, spec.drafter_settings, None, models)
+            config = spec.cascade_config([price, *curves])
+            rows.append((r, replay_cascade(r, drafters, config, price, eos)))
+            if progress:
+                print(f"  {name} {r.dataset}/{r.prompt_id}: {rows[-1][1].speedup:.2f}x", file=sys.stderr)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..drafters.suffix import SuffixDrafter, default_calibration
     from ..protocol import run_guarded
@@ -243,32 +302,66 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cap", default="16,64", help="draft caps (K = [[cap]]), comma-separated")
     ap.add_argument("--max-confidence", default="0.995,0.98", help="the suffix drafter's ceilings, comma-separated")
     ap.add_argument("--adapt-weight", default="8", help="the suffix drafter's in-request learning weights")
+    ap.add_argument("--configs", default="", help="cascade configs (JSON, as `csdrafting generate --config`) to replay "
+                    "instead of the suffix drafter's settings, comma-separated; their neural drafters run for real, "
+                    "priced by their cost curves")
+    ap.add_argument("--out", default="", help="with --configs: write every prompt's replay here (JSON)")
     a = ap.parse_args(argv)
 
-    def run() -> int:
-        cal = default_calibration()
-        settings = {"cap": [int(c) for c in _floats(a.cap)], "max_confidence": _floats(a.max_confidence),
-                    "adapt_weight": _floats(a.adapt_weight)}
-        loaded = [load_run(r) for r in a.runs]
+    def each_curve(what: str):
+        """(run, its references, end tokens, curve name, curve) for every run under every curve asked for."""
         curves = load_curves(a.curves)
-        for name, (refs, own, eos) in zip(a.runs, loaded):
+        for name in a.runs:
+            refs, own, eos = load_run(name)
             for cname, curve in (curves.items() if curves else [("its own", own)]):
                 if curve is None:
                     raise CSDraftingError(f"{name}: no measured cost curve in its records; give --curves")
-                print(f"\n## {name}, cost curve: {cname} (n=1/16/32: {curve(1)*1e3:.0f}/{curve(16)*1e3:.0f}/"
+                print(f"\n## {name}, {what}: {cname} (n=1/16/32: {curve(1)*1e3:.0f}/{curve(16)*1e3:.0f}/"
                       f"{curve(32)*1e3:.0f} ms)\n")
-                dsets = sorted({r.dataset for r in refs})
-                orc = {d: statistics.median(oracle(r, curve).speedup for r in refs if r.dataset == d) for d in dsets}
-                print("| " + " | ".join(settings) + " | " + " | ".join(f"{d} ({sum(r.dataset == d for r in refs)})"
-                                                                      for d in dsets) + " |")
-                print("|" + "---|" * (len(settings) + len(dsets)))
-                label = f"oracle, k={best_oracle_length(curve)}"
-                print("| " + " | ".join([label] + [""] * (len(settings) - 1) + [f"{orc[d]:.2f}x" for d in dsets]) + " |")
-                make = lambda **kw: SuffixDrafter(cal, **kw)  # noqa: E731
-                for s, per in table(refs, curve, eos, settings, make):
-                    cells = [f"{statistics.median(per[d]):.2f}x ({min(per[d]):.2f})" for d in dsets]
-                    print("| " + " | ".join(f"{v:g}" for v in s.values()) + " | " + " | ".join(cells) + " |")
+                yield name, refs, eos, cname, curve
+
+    def run() -> int:
+        if a.configs:
+            return run_configs()
+        cal = default_calibration()
+        settings = {"cap": [int(c) for c in _floats(a.cap)], "max_confidence": _floats(a.max_confidence),
+                    "adapt_weight": _floats(a.adapt_weight)}
+        for name, refs, eos, cname, curve in each_curve("cost curve"):
+            dsets = sorted({r.dataset for r in refs})
+            orc = {d: statistics.median(oracle(r, curve).speedup for r in refs if r.dataset == d) for d in dsets}
+            print("| " + " | ".join(settings) + " | " + " | ".join(f"{d} ({sum(r.dataset == d for r in refs)})"
+                                                                  for d in dsets) + " |")
+            print("|" + "---|" * (len(settings) + len(dsets)))
+            label = f"oracle, k={best_oracle_length(curve)}"
+            print("| " + " | ".join([label] + [""] * (len(settings) - 1) + [f"{orc[d]:.2f}x" for d in dsets]) + " |")
+            make = lambda **kw: SuffixDrafter(cal, **kw)  # noqa: E731
+            for s, per in table(refs, curve, eos, settings, make):
+                cells = [f"{statistics.median(per[d]):.2f}x ({min(per[d]):.2f})" for d in dsets]
+                print("| " + " | ".join(f"{v:g}" for v in s.values()) + " | " + " | ".join(cells) + " |")
         print("\nmedian predicted decode speedup over plain (worst prompt), greedy; the oracle drafts the target's own output")
+        return 0
+
+    def run_configs() -> int:
+        from ..spec import CascadeSpec
+
+        specs = {Path(c).stem: CascadeSpec.load(c) for c in a.configs.split(",") if c}
+        dump = []
+        for name, refs, eos, cname, curve in each_curve("target priced by"):
+            dsets = sorted({r.dataset for r in refs})
+            rows = config_rows(refs, curve, eos, specs)
+            print("| config | " + " | ".join(f"{d} ({sum(r.dataset == d for r in refs)})" for d in dsets) + " |")
+            print("|---|" + "---:|" * len(dsets))
+            for cfg, got in rows.items():
+                cells = []
+                for d in dsets:
+                    x = [g.speedup for r, g in got if r.dataset == d]
+                    cells.append(f"{statistics.median(x):.2f}x ({min(x):.2f})")
+                print(f"| {cfg} | " + " | ".join(cells) + " |")
+                dump += [{"run": name, "curve": cname, "config": cfg, "dataset": r.dataset, "prompt_id": r.prompt_id,
+                          **dataclasses.asdict(g), "speedup": g.speedup} for r, g in got]
+        print("\nmedian predicted decode speedup over plain (worst prompt), greedy, drafters' passes priced by their curves")
+        if a.out:
+            Path(a.out).write_text(json.dumps(dump, indent=1) + "\n")
         return 0
 
     return run_guarded(run)
