@@ -80,7 +80,7 @@ def test_decision_rule():
     sure = [0.97] * 10
     for _ in range(WARMUP):
         assert not router.go_direct(0, 1, value, review, 0, 0.0, sure)  # not measured yet
-        router.observe(0, {1: (1, 0.2)}, [1, 1, 1], 2)  # a step of level 1: 3 tokens, 2 accepted, 0.2 s
+        router.observe(0, {1: (0, 0.2)}, 3, 2)  # a draft through level 1: 3 tokens, 2 accepted, its steps 0.2 s
     assert router.go_direct(0, 1, value, review, 0, 0.0, sure)  # 10 sure tokens at ~1.05 s beat 3 at 1.25 s
     assert not router.go_direct(0, 1, value, review, 0, 0.0, [0.2, 0.1])  # a weak guess does not
     assert direct_rate(value, review, 0, 0.0, []) == pytest.approx(1.0)  # nothing proposed: r reviews alone
@@ -94,20 +94,42 @@ def test_decision_rule():
 
 
 def test_routing_goes_around_the_drafter_on_copies():
-    """On a prompt that is copied, the suffix drafter's long confident matches go straight to the target;
+    """On text that truly copies its input (a target whose next token depends on the last two, continuing a
+    prompt that is its own greedy trajectory), the suffix drafter's long matches go straight to the target:
     the drafter's passes drop against the same cascade unrouted, and the output is the same."""
-    target, drafters = _family(tiny.causal)
-    T, D = tiny.wrap(target, "t"), tiny.wrap(drafters[0], "d")
-    ref = _reference(target, PROMPTS[1], 30)
-    prompt = PROMPTS[1] + ref + PROMPTS[1]  # the target will now write ref again: a copy
+    rng = np.random.default_rng(3)
+    table = rng.normal(0, 2.0, size=(40, 40, 40))
+    T = table_lm.TableLM(table, "table-target", eos=None)
+    D = table_lm.TableLM(table + rng.normal(0, 1.0, size=table.shape), "table-drafter", eos=None)
+    prompt = [5, 9]
+    while len(prompt) < 90:
+        prompt.append(int(np.argmax(table[prompt[-2], prompt[-1]])))
+    expect = Cascade(T).generate(prompt, 40).tokens
     cal = _calibration(high=0.97, low=0.3)
     routed = _routed(T, D, cal=cal)
     unrouted = Cascade(T, [D, SuffixDrafter(cal)], CascadeConfig.make(K, dynamic=True, costs=[MEMORY, CHEAP, None]))
     for _ in range(2):  # the second generation starts with measured paths
-        a, b = routed.generate(prompt, 30), unrouted.generate(prompt, 30)
-    assert a.tokens == b.tokens == _reference(target, prompt, 30)
+        a, b = routed.generate(prompt, 40), unrouted.generate(prompt, 40)
+    assert a.tokens == b.tokens == expect
     assert a.metrics.routes["direct"] > 0
     assert a.metrics.levels[1].forward_passes < b.metrics.levels[1].forward_passes
+
+
+def test_direct_drafts_that_do_not_deliver_are_priced_as_they_yield():
+    """The bottom's confidences are what it predicts; routing weighs them by what its direct drafts then
+    yielded at the reviewer. Direct drafts that promised ten sure tokens and got none accepted stop being
+    preferred to a drafter that delivers; had they delivered, they would still be."""
+    review = CostCurve((1, 64), (1.0, 1.3))
+    sure = [0.97] * 10
+    for delivered, expect_direct in ((True, True), (False, False)):
+        router = Router()
+        for _ in range(WARMUP):
+            router.go_direct(0, 1, DraftValue(), review, 0, 0.0, sure)
+            router.observe(0, {1: (0, 0.2)}, 3, 2)
+        promised = sum(0.97 ** i for i in range(1, 11))
+        for _ in range(5):
+            router.observe_direct(0, 1, promised, 10 if delivered else 0)
+        assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, sure) is expect_direct
 
 
 # ------------------------------------------------------------------------------------------------ sampling

@@ -251,7 +251,8 @@ class Cascade:
         draft = Draft()
         room = self.max_new - len(base) - 1  # draft tokens that can still matter: the review adds one more
         plan = StepPlan(self.levels[r].cost, self.clock) if self.dynamic else None
-        through: dict[int, tuple[int, float]] = {}  # routing's bookkeeping: drafter j -> (steps, seconds)
+        through: dict[int, tuple[int, float]] = {}  # routing's bookkeeping: drafter j -> (first position, seconds)
+        around: tuple[int, int] | None = None  # routing went around drafter j from this draft position on: (j, at)
         for j in range(r + 1, self.bottom + 1):
             lv = self.levels[j]
             quota = min(k.quota(r, j), room)
@@ -267,9 +268,12 @@ class Cascade:
                 else:
                     if plan is not None and not plan.worth_more(plan.value, len(draft), lv.cost(1)):
                         break  # even a sure token from D_j would not pay for its pass: hand over to the next level
-                    peek = self._peek(r, j, ctx, plan, len(draft), room) if self.router is not None else None
+                    # routing decides once per draft, before j's first step: the whole rest of the draft through j
+                    # (as the paper's cascade would draft it) or around it
+                    decide = self.router is not None and j not in through
+                    peek = self._peek(r, j, ctx, plan, len(draft), room) if decide else None
                     if peek is not None and peek.direct:
-                        first = peek
+                        first, around = peek, (j, len(draft))
                         break  # the levels below j pay more on their own: go around j for the rest of this draft
                     if peek is not None:
                         peek.at = 0  # j's own draft after ctx starts with it
@@ -277,9 +281,9 @@ class Cascade:
                         got = self._step(j, ctx)
                     else:
                         t0 = self._priced(j)
+                        at, sec = through.get(j, (len(draft), 0.0))
                         got = self._step(j, ctx, peek)
-                        n, sec = through.get(j, (0, 0.0))
-                        through[j] = (n + 1, sec + self._priced(j) - t0)
+                        through[j] = (at, sec + self._priced(j) - t0)
                 if plan is not None and got:
                     keep = plan.keep(got.conf, len(draft))
                     if keep < len(got):
@@ -303,7 +307,13 @@ class Cascade:
                 break
         out = self.levels[r].review(run, base, draft)
         if through:
-            self.router.observe(r, through, draft.src, len(out) - 1)
+            self.router.observe(r, through, len(draft), len(out) - 1)
+        if around is not None and len(out) - 1 >= around[1]:  # the direct tokens were reached: measure them
+            p, predicted = 1.0, 0.0
+            for c in draft.conf[around[1]:]:
+                p *= 1.0 if c is None else max(0.0, min(1.0, c))
+                predicted += p
+            self.router.observe_direct(r, around[0], predicted, len(out) - 1 - around[1])
         return out
 
     def _priced(self, j: int) -> float:

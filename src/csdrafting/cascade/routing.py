@@ -6,20 +6,24 @@ copy-heavy text that is often the slower path: when S is copying a long span wit
 memory-bound T reviews it directly for about the price of one pass, and passing it through D first only adds
 D's passes. On text S cannot predict, D's own tokens are what pays. No fixed K is best on every step.
 
-With routing on, a reviewer r about to ask a neural drafter j for more of its draft first compares two
-predicted rates (expected tokens per second of r's step, as cascade/planning.py prices drafts):
+With routing on, a reviewer r about to ask a neural drafter j for the first time in a draft compares two
+predicted rates (expected tokens per second of r's step, as cascade/planning.py prices drafts), once per draft:
 
 - **direct**: the levels below j draft the rest for r themselves. The bottom's proposal is looked at (it is
-  near free), and its calibrated confidences priced at r's measured cost curve: the best prefix's rate.
-- **via j**: one more step of j (j reviewing the levels below it, recursively) adds, on average, `tokens`
-  tokens of which r accepts `accepted`, and costs `seconds`: the passes it made, priced by each level's
-  measured cost curve (the planner's units; a decision then depends on no clock). These are decayed sums
-  over the earlier steps of this cascade.
+  near free) and its calibrated confidences are priced at r's measured cost curve (the best prefix's rate),
+  each token's promise weighed by what the direct path's earlier drafts measurably yielded per promised token
+  (`direct_yield`: confidences calibrated on other text can be optimistic on this one).
+- **via j**: the rest of the draft as the paper's cascade drafts it, j's steps (j reviewing the levels below
+  it, recursively) and what follows them: on average `tokens` tokens of which r accepts `accepted`, j's steps
+  costing `seconds`, priced by each level's measured cost curve (the planner's units; a decision then depends
+  on no clock). These are decayed sums over the earlier drafts of this cascade that went through j.
 
-If direct is at least as fast, j is skipped for the rest of this draft (the next level fills it, within its
-K quota); otherwise j drafts as usual. K stays the cap of every level's positions. Until j has been
-measured a few times, and once in a while after that (so a path that stopped paying can come back), the
-paper's path through j is taken.
+If direct is at least as fast, j is skipped for the whole draft (the next level fills it, within its K
+quota); otherwise j drafts it as in the unrouted cascade. Both alternatives are whole drafts: deciding again
+before each of j's steps compared one more step of j with a whole direct draft, which on a memory-bound
+reviewer (where longer drafts amortize the review) cut drafts short and lost to the unrouted cascade
+(README, "Routing"). K stays the cap of every level's positions. Until j has been measured, and once in a
+while after that (so a path that stopped paying can come back), the paper's path through j is taken.
 
 Every input is known on the drafting side before r's review (confidences, measured costs, what earlier
 reviews accepted), never r's probabilities for the positions being decided, so the output stays exact
@@ -34,40 +38,58 @@ from typing import Sequence
 from .planning import CostCurve, DraftValue
 
 DECAY = 0.9  # weight of the past in the measured path statistics, per observed review
-WARMUP = 2  # steps through a drafter measured before routing may skip it
+WARMUP = 2  # drafts through a drafter measured before routing may skip it
 EXPLORE = 16  # a drafter skipped this many times in a row is taken once more, to measure it again
+DIRECT_PRIOR = 2.0  # pseudo-tokens at face value behind the direct path's measured yield (a few steps move it)
 
 
 @dataclass
 class PathStats:
-    """Decayed sums over reviews by r of what steps through drafter j cost and yielded."""
+    """Decayed sums, over reviews by r of drafts that went through drafter j, of what j's steps cost and what
+    the draft from j's first step on came to: its tokens (whichever level drafted them) and those r accepted."""
 
-    steps: float = 0.0
+    drafts: float = 0.0
     seconds: float = 0.0
     tokens: float = 0.0
     accepted: float = 0.0
-    observed: int = 0  # reviews that had at least one step through j
+    observed: int = 0  # reviews of drafts that went through j
     skipped: int = 0  # decisions in a row that went around j
+    # the direct path, measured the same way: decayed sums over reviews of drafts that went around j, of the
+    # tokens the bottom's confidences predicted r would accept there and of those r did accept
+    predicted: float = 0.0
+    realized: float = 0.0
 
-    def add(self, steps: int, seconds: float, tokens: int, accepted: int) -> None:
+    def add(self, seconds: float, tokens: int, accepted: int) -> None:
         d = DECAY
-        self.steps = d * self.steps + steps
+        self.drafts = d * self.drafts + 1
         self.seconds = d * self.seconds + seconds
         self.tokens = d * self.tokens + tokens
         self.accepted = d * self.accepted + accepted
         self.observed += 1
 
+    def add_direct(self, predicted: float, realized: int) -> None:
+        d = DECAY
+        self.predicted = d * self.predicted + predicted
+        self.realized = d * self.realized + realized
 
-def direct_rate(value: DraftValue, review: CostCurve, have: int, spent: float, conf: Sequence[float | None]) -> float:
+    @property
+    def direct_yield(self) -> float:
+        """What the direct path's drafts yielded for each token their confidences promised (1: as promised)."""
+        return (self.realized + DIRECT_PRIOR) / (self.predicted + DIRECT_PRIOR)
+
+
+def direct_rate(value: DraftValue, review: CostCurve, have: int, spent: float, conf: Sequence[float | None],
+                scale: float = 1.0) -> float:
     """The best rate of r's step if the draft so far is extended by a prefix of a proposal with these
-    confidences (none at all: r reviews what it has)."""
+    confidences (none at all: r reviews what it has), each token's expected yield scaled by `scale` (what the
+    direct path measurably yielded per promised token) and at most one token."""
     best = value.expected / (spent + review(have + 1))
     e, p = value.expected, value.survive
     for i, c in enumerate(conf, start=1):
         if c is None:
             break
         p *= max(0.0, min(1.0, c))
-        e += p
+        e += min(value.survive, p * scale)
         best = max(best, e / (spent + review(have + i + 1)))
     return best
 
@@ -90,14 +112,14 @@ class Router:
                   conf: Sequence[float | None]) -> bool:
         """Whether r's draft should go around drafter j, given the bottom's proposal confidences `conf`."""
         s = self.stats(r, j)
-        if value.unknown or s.observed < WARMUP or s.skipped >= EXPLORE or s.steps <= 0:
+        if value.unknown or s.observed < WARMUP or s.skipped >= EXPLORE or s.drafts <= 0:
             self.decisions["measure" if s.observed < WARMUP or s.skipped >= EXPLORE else "via"] += 1
             s.skipped = 0
             return False
-        n = s.steps
+        n = s.drafts
         via = (value.expected + value.survive * s.accepted / n) / (
             spent + s.seconds / n + review(have + s.tokens / n + 1))
-        if direct_rate(value, review, have, spent, conf) >= via:
+        if direct_rate(value, review, have, spent, conf, s.direct_yield) >= via:
             s.skipped += 1
             self.decisions["direct"] += 1
             return True
@@ -105,18 +127,23 @@ class Router:
         self.decisions["via"] += 1
         return False
 
-    def observe(self, r: int, steps: dict[int, tuple[int, float]], src: Sequence[int], n_accepted: int) -> None:
-        """After r's review: for each drafter j that took steps (count, seconds) in this draft, how many of
-        the draft's tokens came from j and how many of those r accepted."""
-        for j, (count, seconds) in steps.items():
-            tokens = sum(1 for s in src if s == j)
-            accepted = sum(1 for s in src[:n_accepted] if s == j)
-            self.stats(r, j).add(count, seconds, tokens, accepted)
+    def observe(self, r: int, through: dict[int, tuple[int, float]], n_drafted: int, n_accepted: int) -> None:
+        """After r's review of a draft of n_drafted tokens, n_accepted of them accepted: for each drafter j
+        the draft went through, (the draft position of j's first step, the seconds j's steps cost)."""
+        for j, (at, seconds) in through.items():
+            self.stats(r, j).add(seconds, n_drafted - at, max(0, n_accepted - at))
+
+    def observe_direct(self, r: int, j: int, predicted: float, realized: int) -> None:
+        """After r's review of a draft that went around j from some position on, with everything before that
+        position accepted: the tokens the bottom's confidences predicted r would accept after it, and how
+        many r did."""
+        self.stats(r, j).add_direct(predicted, realized)
 
     def to_dict(self) -> dict:
         return {
             "decisions": dict(self.decisions),
-            "paths": {f"{r}<-{j}": {"steps": s.steps, "seconds": s.seconds, "tokens": s.tokens,
-                                     "accepted": s.accepted, "observed": s.observed}
+            "paths": {f"{r}<-{j}": {"drafts": s.drafts, "seconds": s.seconds, "tokens": s.tokens,
+                                     "accepted": s.accepted, "observed": s.observed,
+                                     "direct_yield": s.direct_yield}
                       for (r, j), s in self.paths.items()},
         }
