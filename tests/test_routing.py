@@ -132,6 +132,20 @@ def test_direct_drafts_that_do_not_deliver_are_priced_as_they_yield():
         assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, sure) is expect_direct
 
 
+def test_a_drafter_that_must_catch_up_is_priced_with_it():
+    """Going through a drafter that was gone around costs its catch-up on the text it missed first (priced
+    at each decision, from how far it lags); a weak direct proposal that loses to a drafter in step wins
+    against one that must first evaluate a long missed span."""
+    review = CostCurve((1, 64), (1.0, 1.3))
+    router = Router()
+    for _ in range(WARMUP):
+        router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [])
+        router.observe(0, {1: (0, 0.2)}, 6, 5)  # drafts through level 1: 6 tokens, 5 accepted, 0.2 s
+    weak = [0.5, 0.5]
+    assert not router.go_direct(0, 1, DraftValue(), review, 0, 0.0, weak, catch_up=0.0)
+    assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, weak, catch_up=3.0)
+
+
 # ------------------------------------------------------------------------------------------------ sampling
 def _routed_table(lenience: float = 1.0):
     def make():

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..drafters.base import StatisticalDrafter
 from ..protocol import CSDraftingError, LanguageModel, check_compatible
+from ..sequences import common_prefix
 from .config import CascadeConfig, SamplingConfig
 from .levels import Draft, Level, ModelLevel, Run, StatisticalLevel
 from .metrics import GenerationMetrics
@@ -281,7 +282,9 @@ class Cascade:
                         got = self._step(j, ctx)
                     else:
                         t0 = self._priced(j)
-                        at, sec = through.get(j, (len(draft), 0.0))
+                        # a draft through j is measured without j's catch-up on text it skipped (that is priced
+                        # apart, at each decision, as what going through j costs then)
+                        at, sec = through.get(j, (len(draft), -(peek.catch_up if peek is not None else 0.0)))
                         got = self._step(j, ctx, peek)
                         through[j] = (at, sec + self._priced(j) - t0)
                 if plan is not None and got:
@@ -332,9 +335,25 @@ class Cascade:
         prop = self.levels[b].propose(self.run, ctx, n)
         peek = _Peek(prop.tokens, prop.qs, prop.src, prop.conf)
         peek.at = have
-        peek.direct = self.router.go_direct(r, j, plan.value, self.levels[r].cost, have, plan.spent(), prop.conf)
+        peek.catch_up = self._catch_up(j, ctx)
+        peek.direct = self.router.go_direct(r, j, plan.value, self.levels[r].cost, have, plan.spent(), prop.conf,
+                                            peek.catch_up)
         self.router.seconds += time.perf_counter() - t0
         return peek
+
+
+    def _catch_up(self, j: int, ctx: list[int]) -> float:
+        """The price, by their cost curves, of what the neural levels from j down would evaluate beyond a
+        normal step's first pass before drafting after ctx: the text they missed while routing went around
+        them (a drafter that took every step lags by one token, the last one committed)."""
+        price = 0.0
+        for lv in self.levels[j:]:
+            if isinstance(lv, ModelLevel) and lv.cost is not None:
+                full = lv.prefix + ctx
+                lag = len(full) - common_prefix(lv.model.cached_tokens, full)
+                if lag > 1:
+                    price += lv.cost(lag) - lv.cost(1)
+        return price
 
 
 class _Peek(Draft):
@@ -342,3 +361,4 @@ class _Peek(Draft):
 
     at: int = 0  # the draft length it continues
     direct: bool = False
+    catch_up: float = 0.0  # what the drafter gone around would first have to evaluate of the text it missed

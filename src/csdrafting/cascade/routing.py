@@ -16,7 +16,11 @@ predicted rates (expected tokens per second of r's step, as cascade/planning.py 
 - **via j**: the rest of the draft as the paper's cascade drafts it, j's steps (j reviewing the levels below
   it, recursively) and what follows them: on average `tokens` tokens of which r accepts `accepted`, j's steps
   costing `seconds`, priced by each level's measured cost curve (the planner's units; a decision then depends
-  on no clock). These are decayed sums over the earlier drafts of this cascade that went through j.
+  on no clock). These are decayed sums over the earlier drafts of this cascade that went through j. A drafter
+  gone around has not seen the text committed since; its first pass then evaluates all of it. That catch-up
+  is priced apart, at each decision, from how far j lags then (on a compute-bound drafter 30 missed tokens
+  cost about 17 of its single-token passes, the 0.5B Q4_K_M here), and left out of the measured `seconds`, which would otherwise
+  charge every later draft through j for it and keep routing away from j.
 
 If direct is at least as fast, j is skipped for the whole draft (the next level fills it, within its K
 quota); otherwise j drafts it as in the unrouted cascade. Both alternatives are whole drafts: deciding again
@@ -109,8 +113,9 @@ class Router:
         return s
 
     def go_direct(self, r: int, j: int, value: DraftValue, review: CostCurve, have: int, spent: float,
-                  conf: Sequence[float | None]) -> bool:
-        """Whether r's draft should go around drafter j, given the bottom's proposal confidences `conf`."""
+                  conf: Sequence[float | None], catch_up: float = 0.0) -> bool:
+        """Whether r's draft should go around drafter j, given the bottom's proposal confidences `conf` and
+        what j would first spend catching up on text it missed (`catch_up` seconds)."""
         s = self.stats(r, j)
         if value.unknown or s.observed < WARMUP or s.skipped >= EXPLORE or s.drafts <= 0:
             self.decisions["measure" if s.observed < WARMUP or s.skipped >= EXPLORE else "via"] += 1
@@ -118,7 +123,7 @@ class Router:
             return False
         n = s.drafts
         via = (value.expected + value.survive * s.accepted / n) / (
-            spent + s.seconds / n + review(have + s.tokens / n + 1))
+            spent + catch_up + s.seconds / n + review(have + s.tokens / n + 1))
         if direct_rate(value, review, have, spent, conf, s.direct_yield) >= via:
             s.skipped += 1
             self.decisions["direct"] += 1
