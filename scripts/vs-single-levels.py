@@ -62,10 +62,15 @@ for c in cascades:
     print(f"| {c}, vs the best single level per prompt | " + " | ".join(
         cells(lambda v, c=c: speed(v[c]) / max(speed(v[s]) for s in single))) + " |")
     print(f"| {c}, vs {a.sd} | " + " | ".join(cells(lambda v, c=c: speed(v[c]) / speed(v[a.sd]))) + " |")
+
+
+def group_median(m: str, d: str) -> float:
+    return statistics.median(speed(v[m]) / speed(v["plain"]) for k, v in complete.items() if k[0] == d)
+
+
 for c in cascades:
     print(f"| {c}, vs the best single level's group median | " + " | ".join(
-        f"{statistics.median(speed(v[c]) / speed(v['plain']) for k, v in complete.items() if k[0] == d) / max(statistics.median(speed(v[s]) / speed(v['plain']) for k, v in complete.items() if k[0] == d) for s in single):.2f}x"
-        for d in datasets) + " | |")
+        f"{group_median(c, d) / max(group_median(s, d) for s in single):.2f}x" for d in datasets) + " | |")
 
 print("\nexactness (identical / tie / mismatch against plain), every method:")
 for m in methods[1:]:

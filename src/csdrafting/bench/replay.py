@@ -126,7 +126,8 @@ class _ReferenceTarget:
         vocab = max(self.full + list(eos)) + 1
         # beside neural drafters it claims their vocabulary (the reference came from a target they can draft for)
         self.info = (ModelInfo("replayed target", vocab, 0, frozenset(eos)) if like is None else
-                     dataclasses.replace(like, name="replayed target", n_params=0, eos_token_ids=frozenset(eos) or like.eos_token_ids))
+                     dataclasses.replace(like, name="replayed target", n_params=0,
+                                         eos_token_ids=frozenset(eos) or like.eos_token_ids))
         self.n_prompt, self.price = len(ref.prompt), price
         self._cached: list[int] = []
         self.seconds = 0.0
@@ -359,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {cfg} | " + " | ".join(cells) + " |")
                 dump += [{"run": name, "curve": cname, "config": cfg, "dataset": r.dataset, "prompt_id": r.prompt_id,
                           **dataclasses.asdict(g), "speedup": g.speedup} for r, g in got]
-        print("\nmedian predicted decode speedup over plain (worst prompt), greedy, drafters' passes priced by their curves")
+        print("\nmedian predicted decode speedup over plain (worst prompt), greedy, drafters' passes priced by their "
+              "curves")
         if a.out:
             Path(a.out).write_text(json.dumps(dump, indent=1) + "\n")
         return 0

@@ -341,7 +341,6 @@ class Cascade:
         self.router.seconds += time.perf_counter() - t0
         return peek
 
-
     def _catch_up(self, j: int, ctx: list[int]) -> float:
         """The price, by their cost curves, of what the neural levels from j down would evaluate beyond a
         normal step's first pass before drafting after ctx: the text they missed while routing went around

@@ -18,9 +18,9 @@ predicted rates (expected tokens per second of r's step, as cascade/planning.py 
   costing `seconds`, priced by each level's measured cost curve (the planner's units; a decision then depends
   on no clock). These are decayed sums over the earlier drafts of this cascade that went through j. A drafter
   gone around has not seen the text committed since; its first pass then evaluates all of it. That catch-up
-  is priced apart, at each decision, from how far j lags then (on a compute-bound drafter 30 missed tokens
-  cost about 17 of its single-token passes, the 0.5B Q4_K_M here), and left out of the measured `seconds`, which would otherwise
-  charge every later draft through j for it and keep routing away from j.
+  is priced apart, at each decision, from how far j lags then (on a compute-bound drafter, the 0.5B Q4_K_M
+  here, 30 missed tokens cost about 17 of its single-token passes), and left out of the measured `seconds`,
+  which would otherwise charge every later draft through j for it and keep routing away from j.
 
 If direct is at least as fast, j is skipped for the whole draft (the next level fills it, within its K
 quota); otherwise j drafts it as in the unrouted cascade. Both alternatives are whole drafts: deciding again
@@ -86,7 +86,7 @@ def direct_rate(value: DraftValue, review: CostCurve, have: int, spent: float, c
                 scale: float = 1.0) -> float:
     """The best rate of r's step if the draft so far is extended by a prefix of a proposal with these
     confidences (none at all: r reviews what it has), each token's expected yield scaled by `scale` (what the
-    direct path measurably yielded per promised token) and at most one token."""
+    direct path measurably yielded per promised token), none counting for more than the draft so far surviving."""
     best = value.expected / (spent + review(have + 1))
     e, p = value.expected, value.survive
     for i, c in enumerate(conf, start=1):
