@@ -1,6 +1,7 @@
 """A cascade against its own parts, from a bench run: per dataset, every method's decode speedup over plain
 (paired per-prompt medians), each cascade's ratio to the best single level on each prompt (the faster of the
-single-level methods there), its ratio to cost-aware speculative decoding, and what routing decided and cost.
+single-level methods there), its ratio to cost-aware speculative decoding, the oracle's ceiling priced by the
+run's own cost curve, and what routing decided and cost.
 Reads a run directory of `csdrafting bench` (its records.jsonl, or records.jsonl.gz as committed under
 docs/bench/; any `--repeats` rounds folded); no models needed.
 
@@ -17,7 +18,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from csdrafting.bench.replay import Reference, best_oracle_length, oracle
 from csdrafting.bench.runner import collapse_repeats
+from csdrafting.cascade.planning import CostCurve
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("run")
@@ -58,6 +61,16 @@ print("| plain decoding, tok/s | " + " | ".join(
     f"{statistics.median(speed(v['plain']) for k, v in complete.items() if k[0] == d):.2f}" for d in datasets) + " | |")
 for m in methods[1:]:
     print(f"| {m} | " + " | ".join(cells(lambda v, m=m: speed(v[m]) / speed(v["plain"]))) + " |")
+# the ceiling at this verification cost: plain's output offered as a free draft at its best length, priced by
+# the target's cost curve recorded in the run (a prediction; no oracle method ran)
+curve = next((CostCurve.from_json(r["target_cost_curve"]) for r in records if r.get("target_cost_curve")), None)
+if curve is not None:
+    def ceiling(v: dict) -> float:
+        p = v["plain"]
+        return oracle(Reference(p["dataset"], p["prompt_id"], [], p["tokens"][: p["new_tokens"]], p["max_new_tokens"]),
+                      curve).speedup
+
+    print(f"| oracle, k={best_oracle_length(curve)}, priced by the run's curve | " + " | ".join(cells(ceiling)) + " |")
 for c in cascades:
     print(f"| {c}, vs the best single level per prompt | " + " | ".join(
         cells(lambda v, c=c: speed(v[c]) / max(speed(v[s]) for s in single))) + " |")

@@ -364,7 +364,8 @@ def drafter_objects(refs: Sequence[str], settings: Mapping[str, Mapping[str, Any
 
 
 def cost_curves(spec: CascadeSpec, models: list, progress: bool = True) -> list | None:
-    """One CostCurve per level (None for statistical ones) for dynamic drafting; measures what is missing."""
+    """One CostCurve per level (None for statistical ones) for dynamic drafting; measures what is missing.
+    A level given as None (a model not loaded here, such as the target a replay stands in for) gets None."""
     if not spec.dynamic or not spec.drafters:
         return None
     from .cascade.planning import CostCurve, measure
@@ -372,7 +373,7 @@ def cost_curves(spec: CascadeSpec, models: list, progress: bool = True) -> list 
     refs = [spec.target, *spec.drafters]
     out = []
     for ref, model in zip(refs, models):
-        if registry.is_statistical(ref):
+        if registry.is_statistical(ref) or model is None:
             out.append(None)
         elif spec.costs and ref in spec.costs:
             out.append(CostCurve.from_json(spec.costs[ref]))

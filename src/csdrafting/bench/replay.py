@@ -268,8 +268,7 @@ def config_rows(refs: Sequence[Reference], price: CostCurve, eos: frozenset[int]
     """Every cascade spec replayed on every reference, its target's passes priced by `price` (the planner
     believes the same curve); neural drafters are loaded once (as each spec places them) and run for real,
     priced by the spec's measured curves, else by curves measured on this machine (kept in the cache)."""
-    from ..drafters import registry
-    from ..spec import drafter_objects, load_models, measured_curve
+    from ..spec import cost_curves, drafter_objects, load_models
 
     models: dict[str, object] = {}
     out: dict[str, list[tuple[Reference, Replayed]]] = {}
@@ -279,9 +278,9 @@ def config_rows(refs: Sequence[Reference], price: CostCurve, eos: frozenset[int]
             raise CSDraftingError(f"{name}: the replay prices cost-aware cascades (dynamic: true, at least one drafter)")
         for ref, m in load_models(spec, [d for d in spec.drafters if d not in models], progress).items():
             models[ref] = m
-        curves = [None if registry.is_statistical(d) else CostCurve.from_json(spec.costs[d])
-                  if spec.costs and d in spec.costs else measured_curve(models[d], spec.threads, False, progress)
-                  for d in spec.drafters]
+        # the drafters' curves as a real run would get them (the spec's, else measured here); the target's is price
+        curves = cost_curves(spec, [None, *drafter_objects(spec.drafters, spec.drafter_settings, None, models)],
+                             progress)[1:]
         rows = out[name] = []
         for r in refs:
             drafters = drafter_objects(spec.drafters, spec.drafter_settings, None, models)
@@ -352,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = config_rows(refs, curve, eos, specs)
             print("| config | " + " | ".join(f"{d} ({sum(r.dataset == d for r in refs)})" for d in dsets) + " |")
             print("|---|" + "---:|" * len(dsets))
+            orc = {d: [oracle(r, curve).speedup for r in refs if r.dataset == d] for d in dsets}
+            print(f"| oracle, k={best_oracle_length(curve)} (the ceiling) | "
+                  + " | ".join(f"{statistics.median(orc[d]):.2f}x ({min(orc[d]):.2f})" for d in dsets) + " |")
             for cfg, got in rows.items():
                 cells = []
                 for d in dsets:
