@@ -21,7 +21,7 @@ import table_lm
 import tiny
 from csdrafting import Cascade, CascadeConfig, CSDraftingError
 from csdrafting.cascade.config import SamplingConfig
-from csdrafting.cascade.planning import CostCurve, DraftValue, best_length, worth_more
+from csdrafting.cascade.planning import AdaptedCurve, CostCurve, DraftValue, PassCosts, best_length, worth_more
 from csdrafting.drafters.suffix import BIGRAM, Calibration, NgramCounts, SuffixDrafter, bucket
 from test_greedy_exact import PROMPTS, _family, _reference
 from test_sampling_exact import ALPHA, N_RUNS, PROMPT, chi_square_pvalue, exact_distribution
@@ -94,6 +94,62 @@ def test_worth_more_is_an_upper_bound():
         cost = rng.random() * 2
         if not worth_more(v, MEMORY, have, 0.0, cost):
             assert best_length([1.0], MEMORY, v, have, 0.0, per_token=cost) == 0
+
+
+def test_pass_costs_track_longer_passes_against_one_token_passes():
+    """The correction is the ratio of the two kinds of pass's measured-over-priced means: ones at 0.9 of their
+    price and longer passes at 1.1 make longer passes 1.1 / 0.9 dearer than the curve says; a pass the OS
+    preempted (10x its price) moves it by a clipped amount only; it never leaves [1/LIMIT, LIMIT]."""
+    m = PassCosts()
+    assert m.factor == 1.0  # nothing measured: the curve as it is
+    for _ in range(200):
+        m.observe(1, 0.09, 0.1)
+        m.observe(8, 0.22, 0.2)
+    assert m.factor == pytest.approx(1.1 / 0.9, rel=1e-3)
+    curve = AdaptedCurve(COMPUTE, m)
+    assert curve(1) == COMPUTE(1) and curve(5) == pytest.approx(COMPUTE(5) * 1.1 / 0.9, rel=1e-3)
+    before = m.factor
+    m.observe(8, 2.0, 0.2)  # one preempted review
+    assert before < m.factor < before * 1.05
+    for _ in range(200):
+        m.observe(8, 0.6, 0.2)  # reviews three times their price, for a long while: the correction is capped
+    assert m.factor == PassCosts.LIMIT
+    m.observe(0, 1.0, 0.1)
+    m.observe(4, 1.0, 0.0)  # nothing to learn from: ignored
+    assert m.factor == PassCosts.LIMIT
+
+
+def test_corrected_curve_stops_break_even_drafts():
+    """A draft that the curve prices just above a plain step is dropped once reviews measurably cost 5% more
+    than the curve says, relative to one-token passes; a clearly paying draft is kept."""
+    m = PassCosts()
+    conf = [0.55]  # on COMPUTE (1.5x for 2 tokens): 1.55 / 1.5 = a 3% gain by the curve
+    assert best_length(conf, COMPUTE, DraftValue(), 0) == 1
+    for _ in range(100):
+        m.observe(1, 1.0, 1.0)
+        m.observe(2, 1.05 * COMPUTE(2), COMPUTE(2))
+    assert best_length(conf, AdaptedCurve(COMPUTE, m), DraftValue(), 0) == 0
+    assert best_length([0.9, 0.9], AdaptedCurve(COMPUTE, m), DraftValue(), 0) == 2
+
+
+def test_cascades_on_one_model_share_its_measured_costs():
+    """A server or a bench builds a cascade per request: what a model's passes cost is learned across them
+    (kept per model instance), used by the planner unless the cascade turns it off (the replay does)."""
+    from csdrafting.cascade.rows import measured_costs
+
+    target, _ = _family(tiny.causal)
+    T = tiny.wrap(target, "t")
+    config = CascadeConfig.make([[8]], dynamic=True, costs=[COMPUTE, None])
+    first = Cascade(T, [SuffixDrafter(_calibration())], config)
+    first.generate(PROMPTS[0], 12)
+    seen = measured_costs(T).passes
+    assert seen >= 1 and first.levels[0].rows.measured is measured_costs(T)
+    second = Cascade(T, [SuffixDrafter(_calibration())], config)
+    assert second.levels[0].rows.measured is measured_costs(T)
+    assert isinstance(second.levels[0].planning_cost(True), AdaptedCurve)
+    assert second.levels[0].planning_cost(False) is COMPUTE
+    second.generate(PROMPTS[1], 12)
+    assert measured_costs(T).passes > seen
 
 
 # ------------------------------------------------------------------------------------------------ suffix drafter

@@ -191,6 +191,7 @@ def replay_cascade(ref: Reference, drafters: Sequence, config: CascadeConfig, pr
     cascade = Cascade(target, list(drafters), config)
     neural = [lv for lv in cascade.levels[1:] if isinstance(lv, ModelLevel)]
     cascade.clock = lambda: sum(lv.priced for lv in neural)
+    cascade.adapt_costs = False  # the stand-in target's passes cost nothing real: price them by the curve alone
     res = cascade.generate(ref.prompt, ref.max_new, on_tokens=until_the_reference_ends)
     if res.tokens[:n] != ref.output:
         raise CSDraftingError(f"{ref.dataset}/{ref.prompt_id}: the replay left the reference output (a bug)")

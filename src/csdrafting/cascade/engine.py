@@ -105,6 +105,10 @@ class Cascade:
         # levels' own time against the review's). A replay that stands in for the target (bench/replay.py)
         # stops it, so that its plans do not depend on how busy the machine running the replay is.
         self.clock: Callable[[], float] = time.perf_counter
+        # The planner prices reviews by each reviewer's curve corrected by what its passes measurably cost in
+        # this cascade's generations so far (planning.PassCosts); the replay, whose stand-in target costs
+        # nothing real, turns that off.
+        self.adapt_costs = True
 
     # ----------------------------------------------------------------------------------------------------
     def generate(
@@ -251,7 +255,7 @@ class Cascade:
         run, k = self.run, self.config.k
         draft = Draft()
         room = self.max_new - len(base) - 1  # draft tokens that can still matter: the review adds one more
-        plan = StepPlan(self.levels[r].cost, self.clock) if self.dynamic else None
+        plan = StepPlan(self.levels[r].planning_cost(self.adapt_costs), self.clock) if self.dynamic else None
         through: dict[int, tuple[int, float]] = {}  # routing's bookkeeping: drafter j -> (first position, seconds)
         around: tuple[int, int] | None = None  # routing went around drafter j from this draft position on: (j, at)
         for j in range(r + 1, self.bottom + 1):
@@ -336,7 +340,7 @@ class Cascade:
         peek = _Peek(prop.tokens, prop.qs, prop.src, prop.conf)
         peek.at = have
         peek.catch_up = self._catch_up(j, ctx)
-        peek.direct = self.router.go_direct(r, j, plan.value, self.levels[r].cost, have, plan.spent(), prop.conf,
+        peek.direct = self.router.go_direct(r, j, plan.value, plan.review, have, plan.spent(), prop.conf,
                                             peek.catch_up)
         self.router.seconds += time.perf_counter() - t0
         return peek

@@ -21,7 +21,7 @@ from . import acceptance
 from .acceptance import Q
 from .config import SamplingConfig
 from .metrics import GenerationMetrics, LevelMetrics
-from .planning import CostCurve, StepPlan
+from .planning import AdaptedCurve, CostCurve, StepPlan
 from .rows import RowCache
 from .sampling import sample, softmax, warp
 
@@ -165,6 +165,13 @@ class ModelLevel(Level):
     @property
     def priced(self) -> float:
         return self.rows.priced
+
+    def planning_cost(self, adapt: bool) -> Callable[[float], float] | None:
+        """The cost curve the planner prices this level's reviews by: as measured, or (adapt) corrected by
+        what its passes measurably cost in the generations so far (planning.PassCosts)."""
+        if self.cost is None or not adapt:
+            return self.cost
+        return AdaptedCurve(self.cost, self.rows.measured)
 
     def begin(self, prompt: Sequence[int], keep_cache: bool) -> None:
         self.rows.metrics = self._new_metrics()

@@ -7,7 +7,9 @@ confidence, a neural drafter's own probability of its token). With P_i = c_1 ...
 the first i are all accepted, a draft of n tokens yields E(n) = 1 + P_1 + ... + P_n tokens on average
 (the review always adds one), and the step costs the drafting already spent plus cost(n + 1). The planner
 keeps the n that maximizes E(n) / time(n); n = 0 is a plain step, so a level that is not confident
-enough drafts nothing and the cascade runs at plain speed.
+enough drafts nothing and the cascade runs at plain speed. Reviews are priced by the curve corrected by what
+the reviewer's passes measurably cost lately (`PassCosts`, `AdaptedCurve`): a curve measured on another day,
+or in isolation, can misprice a review against a plain step.
 
 Every input is known on the drafting side before the review, never the reviewer's probabilities for the
 positions being decided, so the output stays exact (greedy and sampling alike).
@@ -157,6 +159,64 @@ def measure(model: LanguageModel, grid: Sequence[int] = REVIEW_GRID, reps: int =
         model.rollback(0)
 
 
+class PassCosts:
+    """What a model's passes measurably cost against its curve's price, lately: decayed means of measured over
+    priced seconds, one for one-token passes and one for longer ones.
+
+    A curve is measured once (and kept for a week), in isolation; in a generation the passes follow each other
+    in other shapes, at other cache lengths, on a machine doing other things. The planner's choice between a
+    plain step and a draft turns on the ratio of the two kinds of pass, and where longer passes run dearer
+    against their price than one-token passes do, drafts the curve prices at break-even lose. Measured on the
+    1.5B Q4_K_M, 2 threads, Spec-Bench math, with this machine's cached curve (2026-12-02): one-token passes
+    ran at 0.79 of their price and longer ones at 0.96, so the curve made drafts look 21% cheaper than they
+    were, and the cascade ran at 0.956x of plain decoding; corrected, 0.986x (README, "Choosing the default").
+    Each pass's ratio is clipped to [1/CLIP, CLIP] (a pass that the OS preempted says nothing of the curve) and
+    PRIOR pseudo-passes at ratio 1 stand behind each mean, so a few passes move it little.
+    """
+
+    DECAY = 0.97  # weight of the past, per observed pass of the same kind (about 30 passes' memory)
+    PRIOR = 4.0  # pseudo-passes at the curve's price behind each mean
+    CLIP = 2.0
+    LIMIT = 1.25  # the correction never moves a longer pass's price by more than this factor either way
+
+    def __init__(self) -> None:
+        # kind (longer pass?) -> [decayed sum of ratios, decayed count]
+        self.sums = {False: [self.PRIOR, self.PRIOR], True: [self.PRIOR, self.PRIOR]}
+        self.passes = 0
+
+    def observe(self, n: int, seconds: float, priced: float) -> None:
+        if priced <= 0 or n < 1:
+            return
+        r = min(self.CLIP, max(1.0 / self.CLIP, seconds / priced))
+        s = self.sums[n > 1]
+        s[0] = self.DECAY * s[0] + r
+        s[1] = self.DECAY * s[1] + 1.0
+        self.passes += 1
+
+    def ratio(self, longer: bool) -> float:
+        s = self.sums[longer]
+        return s[0] / s[1]
+
+    @property
+    def factor(self) -> float:
+        """A longer pass's measured cost relative to a one-token pass's, over the curve's same ratio."""
+        f = self.ratio(True) / self.ratio(False)
+        return min(self.LIMIT, max(1.0 / self.LIMIT, f))
+
+
+class AdaptedCurve:
+    """A reviewer's cost curve as the planner uses it: passes of more than one token priced by the curve times
+    what such passes measurably cost relative to one-token passes lately (`PassCosts.factor`)."""
+
+    def __init__(self, base: CostCurve, measured: PassCosts) -> None:
+        self.base = base
+        self.measured = measured
+
+    def __call__(self, n: float) -> float:
+        c = self.base(n)
+        return c * self.measured.factor if n > 1 else c
+
+
 @dataclass
 class DraftValue:
     """Running totals of a draft being built for one reviewer: E and P so far, drafting seconds spent."""
@@ -215,7 +275,7 @@ def worth_more(value: DraftValue, review: CostCurve, have: int, spent: float, ne
 class StepPlan:
     """Cost-aware drafting for one reviewer's step: the draft's value so far and the time spent on it."""
 
-    def __init__(self, review: CostCurve, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, review: Callable[[float], float], clock: Callable[[], float] = time.perf_counter) -> None:
         self.review = review
         self.value = DraftValue()
         self.clock = clock  # what drafting has spent is priced by this clock (the replay stops it)

@@ -18,6 +18,7 @@ then keeps its rows on its device and only the id is kept here.
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,6 +26,23 @@ import numpy as np
 from ..protocol import ArgmaxExtension, LanguageModel, cache_stamps
 from ..sequences import common_prefix
 from .metrics import LevelMetrics
+from .planning import PassCosts
+
+
+_MEASURED: "weakref.WeakKeyDictionary[LanguageModel, PassCosts]" = weakref.WeakKeyDictionary()
+
+
+def measured_costs(model: LanguageModel) -> PassCosts:
+    """The measured pass costs of a model instance, shared by every cascade that uses it (a server or a bench
+    makes one cascade per request: what the machine's passes cost is a property of the model and the machine,
+    not of the request)."""
+    try:
+        got = _MEASURED.get(model)
+        if got is None:
+            got = _MEASURED[model] = PassCosts()
+        return got
+    except TypeError:  # not weakly referable or not hashable: measured for this cascade only
+        return PassCosts()
 
 
 class RowCache:
@@ -37,6 +55,7 @@ class RowCache:
         # with a measured cost curve, the seconds its passes cost by that curve (routing prices paths by it)
         self.cost = None
         self.priced = 0.0
+        self.measured = measured_costs(model)  # what its passes cost against that price lately (kept per model)
         self.prefix: list[int] = []  # what precedes the generated text in this model's cache
         # position -> (its cache stamp then, full row or argmax id)
         self.rows: dict[int, tuple[int, np.ndarray | int]] = {}
@@ -81,7 +100,9 @@ class RowCache:
         else:
             m.forward_passes += 1
             if self.cost is not None:
-                self.priced += self.cost(len(tokens))
+                price = self.cost(len(tokens))
+                self.priced += price
+                self.measured.observe(len(tokens), dt, price)
         m.tokens_evaluated += len(tokens)
         at += logits_from
         stamps = cache_stamps(self.model)
