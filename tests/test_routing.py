@@ -146,6 +146,21 @@ def test_a_drafter_that_must_catch_up_is_priced_with_it():
     assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, weak, catch_up=3.0)
 
 
+def test_nothing_to_draft_directly_leaves_the_choice_to_the_drafter():
+    """When the bottom proposes nothing (or nothing that pays), going around the drafter would be a plain step of the
+    reviewer: routing leaves that choice to the drafter's own planner (its live confidences), however poorly
+    the drafts through it did lately; a paying proposal still goes direct."""
+    review = CostCurve((1, 64), (1.0, 1.3))
+    router = Router()
+    for _ in range(WARMUP):
+        router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [])
+        router.observe(0, {1: (0, 0.5)}, 3, 0)  # drafts through level 1 that were all rejected, 0.5 s each
+    # by the path averages a plain step (rate 1.0) beats the drafter (1 / 1.51): yet nothing to draft is no route
+    assert direct_rate(DraftValue(), review, 0, 0.0, []) > 1 / (0.5 + review(4))
+    assert not router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [])
+    assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [0.9, 0.9])
+
+
 # ------------------------------------------------------------------------------------------------ sampling
 def _routed_table(lenience: float = 1.0):
     def make():

@@ -388,6 +388,8 @@ def test_cli_tune_then_validate_on_synthetic_models(tmp_path, monkeypatch, capsy
     paths = {n: tmp_path / f"{n}.gguf" for n in ("T", "A", "B")}
     for p in paths.values():
         p.write_bytes(b"")  # a model reference may be a path: these exist, so configs naming them validate
+    # validating a cost-aware config measures the target's curve and keeps it in the cache: not the user's
+    monkeypatch.setenv("CSDRAFTING_CACHE", str(tmp_path / "cache"))
     t = HashLM(str(paths["T"]))
     ds = {str(paths["A"]): HashLM(str(paths["A"]), 0.85, salt=3), str(paths["B"]): HashLM(str(paths["B"]), 0.5, salt=5)}
     prompts = [[1, 2, 3], [4, 5, 6, 7], [8, 9], [3, 3, 3]]

@@ -22,8 +22,10 @@ predicted rates (expected tokens per second of r's step, as cascade/planning.py 
   here, 30 missed tokens cost about 17 of its single-token passes), and left out of the measured `seconds`,
   which would otherwise charge every later draft through j for it and keep routing away from j.
 
-If direct is at least as fast, j is skipped for the whole draft (the next level fills it, within its K
-quota); otherwise j drafts it as in the unrouted cascade. Both alternatives are whole drafts: deciding again
+If direct is at least as fast and has something to draft, j is skipped for the whole draft (the next level
+fills it, within its K quota); otherwise j drafts it as in the unrouted cascade. A direct draft of nothing is a
+plain step of r, and whether j's tokens beat a plain step is what j's own cost-aware planner decides, from its
+live confidences, token by token: routing never takes that choice from it. Both alternatives are whole drafts: deciding again
 before each of j's steps compared one more step of j with a whole direct draft, which on a memory-bound
 reviewer (where longer drafts amortize the review) cut drafts short and lost to the unrouted cascade
 (README, "Routing"). K stays the cap of every level's positions. Until j has been measured, and once in a
@@ -82,20 +84,29 @@ class PathStats:
         return (self.realized + DIRECT_PRIOR) / (self.predicted + DIRECT_PRIOR)
 
 
-def direct_rate(value: DraftValue, review: CostCurve, have: int, spent: float, conf: Sequence[float | None],
-                scale: float = 1.0) -> float:
-    """The best rate of r's step if the draft so far is extended by a prefix of a proposal with these
-    confidences (none at all: r reviews what it has), each token's expected yield scaled by `scale` (what the
-    direct path measurably yielded per promised token), none counting for more than the draft so far surviving."""
-    best = value.expected / (spent + review(have + 1))
+def direct_draft(value: DraftValue, review: CostCurve, have: int, spent: float, conf: Sequence[float | None],
+                 scale: float = 1.0) -> tuple[float, int]:
+    """(the best rate of r's step if the draft so far is extended by a prefix of a proposal with these
+    confidences, that prefix's length): each token's expected yield scaled by `scale` (what the direct path
+    measurably yielded per promised token), none counting for more than the draft so far surviving; length 0
+    when r does best reviewing what it has."""
+    best, best_n = value.expected / (spent + review(have + 1)), 0
     e, p = value.expected, value.survive
     for i, c in enumerate(conf, start=1):
         if c is None:
             break
         p *= max(0.0, min(1.0, c))
         e += min(value.survive, p * scale)
-        best = max(best, e / (spent + review(have + i + 1)))
-    return best
+        rate = e / (spent + review(have + i + 1))
+        if rate > best:
+            best, best_n = rate, i
+    return best, best_n
+
+
+def direct_rate(value: DraftValue, review: CostCurve, have: int, spent: float, conf: Sequence[float | None],
+                scale: float = 1.0) -> float:
+    """The rate of `direct_draft` (none proposed: r reviews what it has)."""
+    return direct_draft(value, review, have, spent, conf, scale)[0]
 
 
 class Router:
@@ -124,7 +135,12 @@ class Router:
         n = s.drafts
         via = (value.expected + value.survive * s.accepted / n) / (
             spent + catch_up + s.seconds / n + review(have + s.tokens / n + 1))
-        if direct_rate(value, review, have, spent, conf, s.direct_yield) >= via:
+        rate, n_direct = direct_draft(value, review, have, spent, conf, s.direct_yield)
+        # a direct draft of nothing is a plain step (r reviews what it has): whether j's own tokens beat that is
+        # j's planner's call, token by token from its live confidences, not the paths' averages (which, after a
+        # few poor drafts, sent every step of an open-ended answer around the 0.5B: 19 target steps for 24
+        # tokens against the unrouted cascade's 13; README, "Routing")
+        if n_direct > 0 and rate >= via:
             s.skipped += 1
             self.decisions["direct"] += 1
             return True
