@@ -168,8 +168,10 @@ class PassCosts:
     plain step and a draft turns on the ratio of the two kinds of pass, and where longer passes run dearer
     against their price than one-token passes do, drafts the curve prices at break-even lose. Measured on the
     1.5B Q4_K_M, 2 threads, Spec-Bench math, with this machine's cached curve (2026-12-02): one-token passes
-    ran at 0.79 of their price and longer ones at 0.96, so the curve made drafts look 21% cheaper than they
-    were, and the cascade ran at 0.956x of plain decoding; corrected, 0.986x (README, "Choosing the default").
+    ran at 0.79 of their price and longer ones at 0.96 (that curve had been measured while other work ran), so
+    it made drafts look 21% cheaper than they were, and the cascade ran at 0.956x of plain decoding; corrected,
+    0.986x. From a freshly measured curve the factor settled at 0.96-0.98 and changed nothing measurable
+    (README, "Choosing the default cascade").
     Each pass's ratio is clipped to [1/CLIP, CLIP] (a pass that the OS preempted says nothing of the curve) and
     PRIOR pseudo-passes at ratio 1 stand behind each mean, so a few passes move it little.
     """

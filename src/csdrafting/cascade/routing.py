@@ -25,11 +25,12 @@ predicted rates (expected tokens per second of r's step, as cascade/planning.py 
 If direct is at least as fast and has something to draft, j is skipped for the whole draft (the next level
 fills it, within its K quota); otherwise j drafts it as in the unrouted cascade. A direct draft of nothing is a
 plain step of r, and whether j's tokens beat a plain step is what j's own cost-aware planner decides, from its
-live confidences, token by token: routing never takes that choice from it. Both alternatives are whole drafts: deciding again
-before each of j's steps compared one more step of j with a whole direct draft, which on a memory-bound
-reviewer (where longer drafts amortize the review) cut drafts short and lost to the unrouted cascade
-(README, "Routing"). K stays the cap of every level's positions. Until j has been measured, and once in a
-while after that (so a path that stopped paying can come back), the paper's path through j is taken.
+live confidences, token by token: routing never takes that choice from it. Both alternatives are whole
+drafts: deciding again before each of j's steps compared one more step of j with a whole direct draft,
+which on a memory-bound reviewer (where longer drafts amortize the review) cut drafts short and lost to the
+unrouted cascade (README, "Routing"). K stays the cap of every level's positions. Until j has been
+measured, and once in a while after that (so a path that stopped paying can come back), the paper's path
+through j is taken.
 
 Every input is known on the drafting side before r's review (confidences, measured costs, what earlier
 reviews accepted), never r's probabilities for the positions being decided, so the output stays exact
