@@ -264,6 +264,11 @@ def _floats(text: str) -> list[float]:
         raise CSDraftingError(f"expected comma-separated numbers, got {text!r}") from e
 
 
+def _median_worst(speedups: Sequence[float]) -> str:
+    """A table cell: the median speedup and, in parentheses, the worst prompt's."""
+    return f"{statistics.median(speedups):.2f}x ({min(speedups):.2f})"
+
+
 def config_rows(refs: Sequence[Reference], price: CostCurve, eos: frozenset[int], specs: dict[str, "CascadeSpec"],
                 progress: bool = True) -> dict[str, list[tuple[Reference, Replayed]]]:
     """Every cascade spec replayed on every reference, its target's passes priced by `price` (the planner
@@ -337,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             print("| " + " | ".join([label] + [""] * (len(settings) - 1) + [f"{orc[d]:.2f}x" for d in dsets]) + " |")
             make = lambda **kw: SuffixDrafter(cal, **kw)  # noqa: E731
             for s, per in table(refs, curve, eos, settings, make):
-                cells = [f"{statistics.median(per[d]):.2f}x ({min(per[d]):.2f})" for d in dsets]
+                cells = [_median_worst(per[d]) for d in dsets]
                 print("| " + " | ".join(f"{v:g}" for v in s.values()) + " | " + " | ".join(cells) + " |")
         print("\nmedian predicted decode speedup over plain (worst prompt), greedy; the oracle drafts the target's own output")
         return 0
@@ -354,12 +359,9 @@ def main(argv: list[str] | None = None) -> int:
             print("|---|" + "---:|" * len(dsets))
             orc = {d: [oracle(r, curve).speedup for r in refs if r.dataset == d] for d in dsets}
             print(f"| oracle, k={best_oracle_length(curve)} (the ceiling) | "
-                  + " | ".join(f"{statistics.median(orc[d]):.2f}x ({min(orc[d]):.2f})" for d in dsets) + " |")
+                  + " | ".join(_median_worst(orc[d]) for d in dsets) + " |")
             for cfg, got in rows.items():
-                cells = []
-                for d in dsets:
-                    x = [g.speedup for r, g in got if r.dataset == d]
-                    cells.append(f"{statistics.median(x):.2f}x ({min(x):.2f})")
+                cells = [_median_worst([g.speedup for r, g in got if r.dataset == d]) for d in dsets]
                 print(f"| {cfg} | " + " | ".join(cells) + " |")
                 dump += [{"run": name, "curve": cname, "config": cfg, "dataset": r.dataset, "prompt_id": r.prompt_id,
                           **dataclasses.asdict(g), "speedup": g.speedup} for r, g in got]
