@@ -148,6 +148,7 @@ def test_replay_of_a_cascade_with_a_neural_drafter(route):
     clock (the drafter's passes priced by its curve)."""
     import tiny
     from csdrafting.cascade.levels import ModelLevel
+    from csdrafting.cascade.rows import tail_yield
     from test_dynamic import CHEAP, MEMORY, _calibration
     from test_greedy_exact import PROMPTS, _family
 
@@ -156,12 +157,16 @@ def test_replay_of_a_cascade_with_a_neural_drafter(route):
     config = CascadeConfig.make([[6, 12], [0, 4]], dynamic=True, costs=[MEMORY, CHEAP, None], route=route)
     drafted = 0
     for i, prompt in enumerate(PROMPTS + [PROMPTS[0] * 3]):
+        # what the drafter's tails yielded so far is kept per drafter (rows.tail_yield): the replay starts from the
+        # state the real run started from
+        tails = dict(vars(tail_yield(D)))
         real = Cascade(T, [D, SuffixDrafter(_calibration())], config)
         real.clock = lambda c=real: sum(lv.priced for lv in c.levels[1:] if isinstance(lv, ModelLevel))
         real.adapt_costs = False  # as the replay: reviews priced by the curve alone, not by the machine's timings
         res = real.generate(prompt, 40)
         m = res.metrics
         ref = rp.Reference("toy", str(i), prompt, res.tokens, 40)
+        vars(tail_yield(D)).update(tails)
         got = rp.replay_cascade(ref, [D, SuffixDrafter(_calibration())], config, MEMORY)
         assert (got.steps, got.drafted, got.accepted) == (m.target_steps, m.levels[1].drafted, m.levels[1].accepted)
         drafting = real.levels[1].priced

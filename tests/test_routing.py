@@ -25,6 +25,7 @@ from csdrafting.cascade import acceptance, engine
 from csdrafting.cascade.config import SamplingConfig
 from csdrafting.cascade.planning import CostCurve, DraftValue
 from csdrafting.cascade.routing import WARMUP, Router, direct_rate
+from csdrafting.drafters.base import Proposal, StatisticalDrafter
 from csdrafting.drafters.suffix import SuffixDrafter
 from test_dynamic import CHEAP, MEMORY, _calibration
 from test_greedy_exact import PROMPTS, _family, _reference
@@ -253,3 +254,57 @@ def test_cost_aware_sampling_never_drops_a_sampled_token_for_its_value(monkeypat
     monkeypatch.setattr(engine, "StatisticalLevel", object)  # (after the levels are built)
     counts, _ = _counts(lambda: broken, cfg, N_RUNS)
     assert chi_square_pvalue(counts, exact, N_RUNS) < ALPHA
+
+
+# ------------------------------------------------------------------------------------------------ the draft's tail
+def test_tail_yield_only_discounts_and_learns_from_what_the_review_reached():
+    from csdrafting.cascade.planning import TailYield
+
+    ty = TailYield()
+    assert ty.factor == 1.0  # nothing measured: face value
+    for _ in range(10):
+        ty.observe(0.9, True)  # over-delivered promises never raise a confidence
+    assert ty.factor == 1.0
+    for _ in range(20):
+        ty.observe(0.9, False)
+    assert ty.factor < 0.5 and ty.observed == 30
+
+
+class _WrongTail(StatisticalDrafter):
+    """Proposes, confidently, a token the target will not pick: the one after its greedy choice (known from the
+    reference), so that a tail of it is always rejected."""
+
+    name = "wrong-tail"
+
+    def __init__(self, full: list[int], vocab: int) -> None:
+        self.full, self.vocab = full, vocab
+
+    def propose(self, seq, n):
+        return self.propose_scored(seq, n).tokens
+
+    def propose_scored(self, seq, n):
+        i = len(seq)
+        return Proposal([(self.full[i] + 1) % self.vocab], [0.95]) if n > 0 and i < len(self.full) else Proposal()
+
+
+def test_tail_after_a_neural_drafter_is_discounted_by_what_tails_yield():
+    """In a horizontal cascade the bottom's tokens after the neural drafter's (the tail) start where that drafter's
+    confidence fell or its quota ended. A bottom whose tails keep being rejected has them discounted (the yield is
+    measured per drafter, across cascades, as a server builds one per request): fewer of its tokens reach the
+    target, and the output stays the target's own."""
+    from csdrafting.cascade.rows import tail_yield
+
+    target, _ = _family(tiny.causal)
+    T, D = tiny.wrap(target, "target"), tiny.wrap(target, "the target as its own drafter")  # its tokens all pass
+    steep = CostCurve((1, 64), (1.0, 7.3))  # each reviewed token 0.1 of a pass: a doubtful one does not pay
+    cfg = CascadeConfig.make([[2, 12], [0, 4]], dynamic=True, costs=[steep, CHEAP, None])
+    tails = []
+    for prompt in PROMPTS * 3:
+        expect = _reference(target, prompt, 24)
+        r = Cascade(T, [D, _WrongTail(prompt + expect, T.info.vocab_size)], cfg).generate(prompt, 24)
+        assert r.tokens == expect, prompt
+        tails.append(r.metrics.levels[2].drafted)
+    ty = tail_yield(D)
+    assert ty.observed > 0 and ty.factor < 0.5, (ty.observed, ty.factor)
+    assert sum(tails[-len(PROMPTS):]) < sum(tails[:len(PROMPTS)]), tails
+    assert tail_yield(T).observed == 0  # measured for the drafter that handed over, not for the reviewer

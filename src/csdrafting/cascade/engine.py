@@ -32,8 +32,9 @@ from ..sequences import common_prefix
 from .config import CascadeConfig, SamplingConfig
 from .levels import Draft, Level, ModelLevel, Run, StatisticalLevel
 from .metrics import GenerationMetrics
-from .planning import CostCurve, StepPlan
+from .planning import CostCurve, StepPlan, TailYield
 from .routing import Router
+from .rows import tail_yield
 
 Drafter = Union[LanguageModel, StatisticalDrafter]
 __all__ = ["Cascade", "Draft", "Drafter", "GenerationResult", "StopGeneration"]
@@ -258,6 +259,10 @@ class Cascade:
         plan = StepPlan(self.levels[r].planning_cost(self.adapt_costs), self.clock) if self.dynamic else None
         through: dict[int, tuple[int, float]] = {}  # routing's bookkeeping: drafter j -> (first position, seconds)
         around: tuple[int, int] | None = None  # routing went around drafter j from this draft position on: (j, at)
+        after_neural: int | None = None  # the last neural drafter that added tokens to this draft
+        # the bottom's first token after them (the draft's tail): (its position, its confidence as calibrated, the
+        # yield such tokens measurably have), to discount its promise and then measure it (planning.TailYield)
+        tail: tuple[int, float, TailYield] | None = None
         for j in range(r + 1, self.bottom + 1):
             lv = self.levels[j]
             quota = min(k.quota(r, j), room)
@@ -291,6 +296,11 @@ class Cascade:
                         at, sec = through.get(j, (len(draft), -(peek.catch_up if peek is not None else 0.0)))
                         got = self._step(j, ctx, peek)
                         through[j] = (at, sec + self._priced(j) - t0)
+                if (j == self.bottom and after_neural is not None and tail is None and plan is not None and got
+                        and got.conf[0] is not None):
+                    ty = tail_yield(self.levels[after_neural].model)
+                    tail = (len(draft), got.conf[0], ty)
+                    got.conf = [got.conf[0] * ty.factor, *got.conf[1:]]
                 if plan is not None and got:
                     keep = plan.keep(got.conf, len(draft))
                     if keep < len(got):
@@ -307,12 +317,16 @@ class Cascade:
                 if not got:
                     break  # the level had nothing (worth) offering; leave the rest of this quota to the next
                 draft.extend(got)
+                if isinstance(lv, ModelLevel):
+                    after_neural = j
                 ends = draft.clip(room, self.eos)
                 if ends or stalled:
                     break
             if ends:
                 break
         out = self.levels[r].review(run, base, draft)
+        if tail is not None and len(draft) > tail[0] and len(out) - 1 >= tail[0]:  # the review reached the tail
+            tail[2].observe(tail[1], len(out) - 1 > tail[0])
         if through:
             self.router.observe(r, through, len(draft), len(out) - 1)
         if around is not None and len(out) - 1 >= around[1]:  # the direct tokens were reached: measure them
