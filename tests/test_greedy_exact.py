@@ -6,11 +6,14 @@ partly accepted and every branch of the review (accept, correct, bonus, EOS insi
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
+import table_lm
 import tiny
 from csdrafting import Cascade, CascadeConfig, MaxGram, generate
+from csdrafting.bench.methods import Oracle
 
 PROMPTS = [
     [1, 5, 6, 7, 8, 5, 6, 7, 9, 10, 11, 12, 5, 6],
@@ -137,3 +140,37 @@ def test_metrics_account_for_the_work():
         assert all(lv.reviewed_by_position[i + 1] <= lv.accepted_by_position[i] + lv.reviews for i in range(len(lv.reviewed_by_position) - 1))
     assert m.standardized_cost == sum(lv.forward_passes * lv.n_params for lv in m.levels[:3])
     assert m.levels[3].proposals > 0 and m.levels[3].n_params == 0
+
+
+class _Recording(table_lm.TableLM):
+    """A table model that keeps every batch of tokens it was asked to run."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.batches: list[list[int]] = []
+
+    def extend(self, tokens, logits_from=0):
+        self.batches.append([int(t) for t in tokens])
+        return super().extend(tokens, logits_from)
+
+
+def test_a_drafted_eos_is_left_to_the_reviewer():
+    """A drafted EOS never reaches the target: its pass yields its own token after the draft anyway, so the
+    draft stops before the EOS (greedy; under sampling only a statistical level's, see test_sampling_exact),
+    the output still ends where plain decoding ends, and the last review is one token narrower."""
+    table = np.random.default_rng(11).normal(0, 1.5, size=(8, 8, 8))  # greedy: 15 tokens, then EOS
+    table[:, :, 0] -= 20  # EOS (0) only after token 5, so greedy text ends after a few tokens
+    table[:, 5, 0] += 40
+    prompt = [1, 2, 3, 4]
+    plain = generate(_Recording(table, "t"), prompt, max_new_tokens=30)
+    assert plain.finish_reason == "eos" and plain.tokens[-1] == 0 and len(plain.tokens) == 15
+    oracle = Oracle()
+    oracle.set_reference(prompt, plain.tokens)
+    for name, drafter in (("statistical", oracle), ("neural", table_lm.TableLM(table, "d", n_params=10))):
+        target = _Recording(table, "t", n_params=1000)
+        r = Cascade(target, [drafter], CascadeConfig.make([[64]], dynamic=False)).generate(prompt, 30)
+        assert r.tokens == plain.tokens and r.finish_reason == "eos", name
+        decode = target.batches[1:]  # after the prompt's prefill
+        assert all(0 not in b for b in decode), f"{name}: the target reviewed a drafted EOS: {decode}"
+        # one review: the whole text but its EOS drafted, which the review's own token supplies
+        assert r.metrics.target_steps == 1 and [len(b) for b in decode] == [len(plain.tokens)], name

@@ -17,8 +17,8 @@ length of the text. Each statistic gets a chi-square test; a Bonferroni correcti
 family-wise false-alarm rate at 1e-3.
 
 Broken variants the tests must reject: a cascade that hands the reviewer's own distribution p upward
-instead of the emission distribution r of its lenient review, and one that applies lenience at the
-target too.
+instead of the emission distribution r of its lenient review, one that applies lenience at the
+target too, and one that cuts a neural drafter's sampled EOS out of its draft.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from scipy import stats
 import context_lm
 import table_lm
 from csdrafting import Cascade, CascadeConfig, MaxGram
-from csdrafting.cascade import acceptance
+from csdrafting.cascade import acceptance, engine
 from csdrafting.cascade.config import SamplingConfig
 from csdrafting.cascade.sampling import softmax, warp
 
@@ -138,6 +138,20 @@ def test_broken_variant_is_rejected(monkeypatch):
     counts = run_cascade(fn, k, lenience, cfg, n=N_RUNS // 2)
     p = chi_square_pvalue(counts, exact, N_RUNS // 2)
     assert p < ALPHA, f"the broken cascade passed the exactness test (p = {p:.3g}): the test has no power"
+
+
+def test_cutting_a_sampled_eos_out_of_a_neural_draft_is_rejected(monkeypatch):
+    """The engine leaves a drafted EOS to the reviewer's own token only where that cannot move the law (greedy
+    decoding, or a statistical level's token): cutting a neural drafter's *sampled* EOS as well makes the
+    review at its position emit p on the drafter's EOS branch where the review's mixture belongs, and the
+    test sees it in 10,000 runs (the correct engine passes this configuration above, in 60,000)."""
+    fn, k, lenience, cfg = CONFIGS["speculative k=3, top-p 0.9"]
+    exact = exact_distribution(fn()[0], cfg)
+    monkeypatch.setattr(engine, "may_cut_drafted_end", lambda run, lv: True)
+    n = 10_000
+    counts = run_cascade(fn, k, lenience, cfg, n=n)
+    p = chi_square_pvalue(counts, exact, n)
+    assert p < ALPHA, f"cutting sampled EOS tokens passed the exactness test (p = {p:.3g}): the test has no power"
 
 
 def perturbed(p: np.ndarray, w: float, rng: np.random.Generator) -> np.ndarray:

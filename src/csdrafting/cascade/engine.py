@@ -65,6 +65,13 @@ class GenerationResult:
     config: dict
 
 
+def may_cut_drafted_end(run: Run, lv: Level) -> bool:
+    """Whether a drafted EOS from `lv` may be left out of the draft (Draft.clip_before_end): always under
+    greedy decoding; under sampling only a statistical level's, fixed by the context before any coin (a
+    sampled token cut for its value would change the law of the review's output at its position)."""
+    return run.sampling.greedy or isinstance(lv, StatisticalLevel)
+
+
 class Cascade:
     """A target, its drafters (largest first, optionally ending in a statistical drafter) and a CascadeConfig."""
 
@@ -319,7 +326,10 @@ class Cascade:
                 draft.extend(got)
                 if isinstance(lv, ModelLevel):
                     after_neural = j
-                ends = draft.clip(room, self.eos)
+                if may_cut_drafted_end(run, lv):  # the reviewer's own token after the draft stands for it
+                    ends = draft.clip_before_end(room, self.eos)
+                else:
+                    ends = draft.clip(room, self.eos)
                 if ends or stalled:
                     break
             if ends:
