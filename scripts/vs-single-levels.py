@@ -3,7 +3,7 @@
 single-level methods there), its ratio to cost-aware speculative decoding, the oracle's ceiling priced by the
 run's own cost curve, and what routing decided and cost.
 Reads a run directory of `csdrafting bench` (its records.jsonl, or records.jsonl.gz as committed under
-docs/bench/; any `--repeats` rounds folded); no models needed.
+docs/bench/; any `--repeats` rounds folded into their medians, or one round with --round K); no models needed.
 
     python scripts/vs-single-levels.py runs/f32-route2 --single cfg:f32-sd-dynamic,cfg:f32-suffix \
         --sd cfg:f32-sd-dynamic --cascades csd,cfg:f32-csd-unrouted
@@ -27,12 +27,16 @@ ap.add_argument("run")
 ap.add_argument("--single", default="cfg:f32-sd-dynamic,cfg:f32-suffix", help="the single-level methods")
 ap.add_argument("--sd", default="cfg:f32-sd-dynamic", help="cost-aware speculative decoding's method")
 ap.add_argument("--cascades", default="csd,cfg:f32-csd-unrouted", help="the cascades to compare with them")
+ap.add_argument("--round", type=int, default=None,
+                help="with --repeats: only this round (0, 1, ...), to see how far the tables move between rounds")
 a = ap.parse_args()
 single, cascades = a.single.split(","), a.cascades.split(",")
 
 path = Path(a.run) / "records.jsonl"
 text = path.read_text() if path.exists() else gzip.decompress(path.with_name("records.jsonl.gz").read_bytes()).decode()
 records = [json.loads(line) for line in text.splitlines() if line.strip()]
+if a.round is not None:
+    records = [r for r in records if r.get("repeat", 0) == a.round]
 by: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
 for r in collapse_repeats(records):
     if r["phase"] == "eval":
