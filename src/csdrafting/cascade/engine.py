@@ -66,7 +66,7 @@ class GenerationResult:
 
 
 def may_cut_drafted_end(run: Run, lv: Level) -> bool:
-    """Whether a drafted EOS from `lv` may be left out of the draft (Draft.clip_before_end): always under
+    """Whether a drafted EOS from `lv` may be left out of the draft (Draft.clip, keep_eos=False): always under
     greedy decoding; under sampling only a statistical level's, fixed by the context before any coin (a
     sampled token cut for its value would change the law of the review's output at its position)."""
     return run.sampling.greedy or isinstance(lv, StatisticalLevel)
@@ -326,10 +326,8 @@ class Cascade:
                 draft.extend(got)
                 if isinstance(lv, ModelLevel):
                     after_neural = j
-                if may_cut_drafted_end(run, lv):  # the reviewer's own token after the draft stands for it
-                    ends = draft.clip_before_end(room, self.eos)
-                else:
-                    ends = draft.clip(room, self.eos)
+                # a drafted EOS is left to the reviewer's own token after the draft where that keeps the law
+                ends = draft.clip(room, self.eos, keep_eos=not may_cut_drafted_end(run, lv))
                 if ends or stalled:
                     break
             if ends:

@@ -48,27 +48,19 @@ class Draft:
     def truncate(self, n: int) -> None:
         del self.tokens[n:], self.qs[n:], self.src[n:], self.conf[n:]
 
-    def clip(self, n: int, eos: frozenset[int]) -> bool:
-        """Keep at most n tokens and nothing after an EOS; True if the draft now ends in EOS."""
+    def clip(self, n: int, eos: frozenset[int], keep_eos: bool = True) -> bool:
+        """Keep at most n tokens and nothing after the first EOS, nor the EOS itself unless `keep_eos`; True if
+        an EOS was found (the text ends there).
+
+        `keep_eos=False` is for a draft on its way to review: a reviewer's pass yields its own token after the
+        last drafted one anyway, so a drafted EOS only widens the pass (accepted, it ends the generation and
+        that token is thrown away). Left out, the reviewer's own token there is that EOS whenever the drafted
+        one would have been accepted under greedy decoding. Under sampling only a token fixed before any coin
+        (a statistical level's) may be cut so: cutting a sampled token for its value changes the law of what
+        the review outputs at its position (engine.may_cut_drafted_end decides)."""
         for i, t in enumerate(self.tokens[:n]):
             if t in eos:
-                n = i + 1
-                break
-        self.truncate(n)
-        return bool(self.tokens) and self.tokens[-1] in eos
-
-    def clip_before_end(self, n: int, eos: frozenset[int]) -> bool:
-        """Keep at most n tokens and nothing from the first EOS on; True if an EOS was cut.
-
-        For a draft on its way to review: a reviewer's pass yields its own token after the last drafted one
-        anyway, so a drafted EOS only widens the pass (accepted, it ends the generation and that token is
-        thrown away). Left out, the reviewer's own token there is that EOS whenever the drafted one would
-        have been accepted under greedy decoding. Under sampling only a token fixed before any coin (a
-        statistical level's) may be cut so: cutting a sampled token for its value changes the law of what
-        the review outputs at its position (the caller keeps those, with `clip`)."""
-        for i, t in enumerate(self.tokens[:n]):
-            if t in eos:
-                self.truncate(i)
+                self.truncate(i + 1 if keep_eos else i)
                 return True
         self.truncate(n)
         return False
