@@ -41,7 +41,8 @@ class TableLM:
         start = len(self._tokens)
         self._tokens.extend(int(t) for t in tokens)
         self._stamps.extend([self.calls] * len(tokens))
-        return np.stack([self.logits_at(self._tokens, start + i) for i in range(logits_from, len(tokens))])
+        rows = [self.logits_at(self._tokens, start + i) for i in range(logits_from, len(tokens))]
+        return np.stack(rows) if rows else np.zeros((0, self.table.shape[0]))  # logits_from=len: none wanted
 
     def rollback(self, n):
         assert 0 <= n <= len(self._tokens)

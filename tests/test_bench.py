@@ -35,6 +35,7 @@ from csdrafting.bench.runner import (
     choose_lengths,
     execute,
     plan,
+    swapped,
 )
 from csdrafting.bench.summary import aggregate, exactness_failures, headline_lines, render_markdown, write_summary
 from csdrafting.cascade.config import CascadeConfig, KMatrix
@@ -299,6 +300,84 @@ def test_plan_order_and_calibration_units():
     assert sum(u.method == "hf-pld" for u in ev) == 2  # hf_limit=1 per dataset
     assert sum(u.method == "csd" for u in ev) == 6
     assert len({u.key for u in units}) == len(units)
+
+
+def test_every_other_prompt_runs_its_methods_in_the_swapped_order():
+    """Counterbalancing: on every other eval prompt the methods compared with a baseline run before it (in
+    reverse), the oracle (which drafts the baseline's output) still after it; calibration keeps list order."""
+    methods = build_methods(SPEC, grids=GRIDS, peers=("llama-pld",))
+    names = [m.name for m in methods]
+    units = plan(methods, _prompts(n_eval=3))
+    ev = [u for u in units if u.phase == EVAL and u.dataset == "humaneval"]
+    order = [[u.method for u in ev if u.prompt_id == f"humaneval/eval/{i}"] for i in range(3)]
+    assert order[0] == order[2] == names
+    engine = [n for n in names if n not in ("plain", "oracle") and not n.startswith("llama")]
+    assert len(engine) >= 3 and names[0] == "plain"
+    assert order[1] == engine[::-1] + ["plain", "oracle", "llama-pld", "llama-plain"]
+    assert {u.key for u in units} == {u.key for u in plan(methods, _prompts(n_eval=3), alternate=False)}
+    fixed = [u for u in plan(methods, _prompts(n_eval=3), alternate=False) if u.phase == EVAL and u.dataset == "humaneval"]
+    assert [u.method for u in fixed if u.prompt_id == "humaneval/eval/1"] == names
+    cal = [u for u in units if u.phase == CALIBRATION]
+    assert cal == [u for u in plan(methods, _prompts(n_eval=3), alternate=False) if u.phase == CALIBRATION]
+
+
+class Corrupts:
+    """Delegates to an executor; changes the last token `method` generates (a broken engine)."""
+
+    family = ENGINE
+
+    def __init__(self, inner, method):
+        self.inner, self.method = inner, method
+
+    def run(self, m, *a, **kw):
+        out = self.inner.run(m, *a, **kw)
+        if m.name == self.method:
+            out.tokens[-1] = (out.tokens[-1] + 1) % 6
+        return out
+
+    def examine(self, *a, **kw):
+        return self.inner.examine(*a, **kw)
+
+    def warmup(self):
+        self.inner.warmup()
+
+    def close(self):
+        pass
+
+
+def test_a_method_that_ran_before_its_baseline_is_judged_once_the_baseline_ran(tmp_path):
+    methods, prompts, units = _setup(tmp_path)
+    assert _run(tmp_path, _executor(), methods, prompts, units) == len(units)
+    recs = _lines(tmp_path / "records.jsonl")
+    first = [r for r in recs if r["phase"] == EVAL and r.get("ran_before_baseline")]
+    assert {r["prompt_id"] for r in first} == {"humaneval/eval/1", "mmlu/eval/1"}
+    assert all(r["exactness"] == "identical" and r["matches_baseline"] for r in first)
+    assert not any(r.get("ran_before_baseline") for r in recs if r["prompt_id"].endswith("/0"))
+    keys = [r["key"] for r in recs]
+    for r in first:  # stored once its baseline was
+        assert keys.index(r["key"]) > keys.index(f"eval|{r['dataset']}|{r['prompt_id']}|plain")
+    # a broken method is caught whichever ran first
+    bad_dir = tmp_path / "bad"
+    assert _run(bad_dir, Corrupts(_executor(), "csd"), methods, prompts, units) == len(units)
+    bad = [r for r in _lines(bad_dir / "records.jsonl") if r["method"] == "csd" and r["phase"] == EVAL]
+    assert {bool(r["ran_before_baseline"]) for r in bad} == {True, False}
+    assert all(r["exactness"] in ("mismatch", "tie") and r["matches_baseline"] is False for r in bad)
+
+
+def test_a_crash_before_the_baseline_runs_loses_the_units_that_waited_for_it(tmp_path):
+    methods, prompts, units = _setup(tmp_path)
+    k = next(i for i, u in enumerate(units) if u.phase == EVAL and u.prompt_id == "humaneval/eval/1" and u.method == "plain")
+    waiting = [u.key for u in units[:k] if u.prompt_id == "humaneval/eval/1"]
+    assert waiting  # they ran before plain
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tmp_path, Flaky(_executor(), fail_at=k + 1), methods, prompts, units)
+    stored = {r["key"] for r in _lines(tmp_path / "records.jsonl")}
+    assert stored == {u.key for u in units[:k]} - set(waiting)
+    again = Flaky(_executor())
+    assert _run(tmp_path, again, methods, prompts, units) == len(units) - len(stored) == again.calls
+    recs = _lines(tmp_path / "records.jsonl")
+    assert sorted(r["key"] for r in recs) == sorted(u.key for u in units)
+    assert all(r["matches_baseline"] for r in recs if r["method"] != r["baseline"])
 
 
 def test_full_run_records_every_unit_once_and_exactly(tmp_path):
@@ -606,6 +685,9 @@ def test_bench_cli_end_to_end_on_the_small_model(tmp_path, capsys):
     assert sorted(r["repeat"] for r in again) == [0] * len(recs) + [1] * len(recs)
     assert all(r["matches_baseline"] for r in again if r["method"] != r["baseline"])
     assert "with 2 interleaved repetitions show their median timings" in (tmp_path / "summary.md").read_text()
+    # the second round ran in the swapped order: each method compared with a baseline (not the oracle) before it
+    assert sum(bool(r.get("ran_before_baseline")) for r in again) == 6
+    assert "6 of 14 eval runs compared with a baseline ran before it" in (tmp_path / "summary.md").read_text()
 
 
 def test_side_by_side_with_llama_cpp_programs():
@@ -1026,8 +1108,10 @@ def test_repeats_run_in_rounds_per_prompt_and_keep_the_first_rounds_keys():
     assert len(ev3) == 3 * len(ev1) and len({u.key for u in thrice}) == len(thrice)
     assert {u.key for u in ev3 if u.rep == 0} == {u.key for u in ev1}  # a run made once resumes into repetitions
     first = [(u.rep, u.method) for u in ev3 if u.prompt_id == ev3[0].prompt_id]
-    names = [m.name for m in methods]
-    assert first == [(r, n) for r in range(3) for n in names]  # all methods, then all again: rounds
+    names, other = [m.name for m in methods], [m.name for m in swapped(methods)]
+    # all methods, then all again (rounds), every other round in the swapped order
+    assert first == [(r, n) for r in range(3) for n in (other if r % 2 else names)]
+    assert sorted(other) == sorted(names) and other != names
     assert [u.key for u in ev3 if u.rep == 2][0].endswith("|plain#r2")
     with pytest.raises(CSDraftingError, match="repeats"):
         plan(methods, _prompts(), repeats=0)

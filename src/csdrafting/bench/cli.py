@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run each eval prompt's methods this many rounds in a row and report each one's median timing "
                         "(a busy spell of the machine then falls on every method; default 1). Raising it on a finished "
                         "run adds the missing rounds")
+    p.add_argument("--method-order", choices=("alternate", "fixed"), default="alternate",
+                   help="alternate (default): every other prompt (and round) runs its methods in the swapped order, each "
+                        "family's baseline after the methods compared with it, so that running second favours neither; "
+                        "fixed: always in list order, baselines first")
     p.add_argument("--methods", type=_names(ENGINE_METHODS), help=f"engine methods (default all): {','.join(ENGINE_METHODS)}")
     p.add_argument("--peers", type=_names(PEERS + (BIN_BASELINE,)),
                    help=f"peers, or 'none': {','.join(PEERS)} (each family's plain decoding comes with it)")
@@ -307,7 +311,7 @@ def run(args: argparse.Namespace, spec, argv) -> int:
         prompts, eos = prepare_prompts(out, p.datasets, p.limit, p.calibration, tokenizer_model)
         eos_box.extend(eos)
         n_ctx_box.append(min(spec.n_ctx, -(-context_needed(prompts, p.max_new) // 256) * 256))
-        units = plan(methods, prompts, p.hf_limit, args.repeats)
+        units = plan(methods, prompts, p.hf_limit, args.repeats, alternate=args.method_order == "alternate")
         pending = sum(u.key not in store for u in units)
         print(f"# {len(units)} runs planned, {len(units) - pending} already recorded, {pending} to go", file=sys.stderr)
         t0 = time.perf_counter()
@@ -366,6 +370,16 @@ def _timing_line(settings: dict) -> str:
     return f"{head} (a run from before both timings were recorded: the other one is missing)"
 
 
+def _order_note(runs: list[dict]) -> str:
+    """How the eval runs were ordered around their baselines (runner module docstring, "Order")."""
+    compared = [r for r in runs if r.get("phase") == EVAL and r.get("method") != r.get("baseline")]
+    first = sum(bool(r.get("ran_before_baseline")) for r in compared)
+    if not any("ran_before_baseline" in r for r in compared):
+        return "baselines first (a run from before the order alternated)"
+    return (f"{first} of {len(compared)} eval runs compared with a baseline ran before it (alternating per prompt), "
+            "the rest after it")
+
+
 def _repeats_note(records: list[dict], runs: int) -> str:
     """How many runs the records fold, where some prompts ran several times (--repeats)."""
     reps = sorted({r["repeats"]["n"] for r in records if "repeats" in r})
@@ -405,6 +419,7 @@ def summarize(out: Path, suite: str, command: str, order: list[str], quiet: bool
         "timing": _timing_line(settings),
         "records": f"{sum(r['phase'] == EVAL for r in records)} eval + {sum(r['phase'] == CALIBRATION for r in records)} calibration"
                    + _repeats_note(records, len(runs)),
+        "method order": _order_note(runs),
         "notes": NOTES,
     }
     md_path, rows = write_summary(records, out, meta, choices, order or [m.name for m in methods])

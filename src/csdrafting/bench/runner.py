@@ -11,8 +11,20 @@ prompt, so that a slow spell of a shared machine falls on every method alike; ea
 record (`repeat` 0..N-1, key suffixed `#r`), and `collapse_repeats` makes one record per unit of them, with
 the median timings, before anything is summarized. Raising N on a finished run adds the missing repetitions.
 
+Order: methods compared with each other run one after the other on the same prompt, and the one that runs
+second meets the machine as the first left it (caches, clock speed, the memory a peer's process just gave
+back). In a Spec-Bench run that always put plain decoding first (docs/bench/q4-spec5), on the 15 prompts
+where the default cascade made exactly plain's target passes, its passes took a median 0.9% longer (1-3%
+on all 4 such QA prompts), where in one process with the order alternating they took the same time
+(scripts/alternate-plain-csd.py). Whatever the cause, a fixed order puts it on one side of every ratio.
+So by default every other eval prompt (and round) runs its methods in the swapped order: per family, the methods that can run before their baseline first (in reverse), then
+the baseline, then those that need its output (the oracle). A method that ran before its baseline is
+checked against it once the baseline has run, and both records are stored then; each record says whether
+it ran before its baseline (`ran_before_baseline`). `--order fixed` keeps the list order everywhere.
+
 Resume: every finished unit is appended to records.jsonl as one line, flushed and fsynced before the
-next unit starts. A run that is killed loses at most the unit in flight; a line cut short by the kill is
+next unit starts. A run that is killed loses at most the unit in flight (and the units of its prompt that ran
+before their baseline, which wait for it to be stored); a line cut short by the kill is
 dropped (and the file rewritten without it) when the store is opened again, so each unit ends up with
 exactly one record. Units already recorded are skipped; a conversation killed between its turns is
 run again from its first turn.
@@ -33,8 +45,8 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 from ..exactness import IDENTICAL, MISMATCH, TIE, first_difference
 from ..files import atomic_write
 from ..protocol import CSDraftingError
-from .methods import HF, Method
-from .turns import DIVERGENT, DECODE, Render, classify, record_fields, run_turns, turns_of
+from .methods import HF, ORACLE, Method
+from .turns import DIVERGENT, DECODE, Render, Turn, classify, judge, record_fields, run_turns, turns_of
 
 __all__ = ["CALIBRATION", "DIVERGENT", "EVAL", "Executor", "ExecutorPool", "PromptIds", "RecordStore", "Unit",
            "choose_lengths", "classify", "collapse_repeats", "execute", "plan"]
@@ -150,14 +162,32 @@ def exclusive(out_dir: Path) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------------ planning
 
 
+def needs_baseline_output(m: Method) -> bool:
+    """Whether a method's run takes its baseline's output as input (the oracle drafts it), so that it can only
+    run after its baseline on the same prompt."""
+    return ORACLE in m.drafters
+
+
+def swapped(methods: Sequence[Method]) -> list[Method]:
+    """The methods in the other order (module docstring, "Order"): per family, the methods that can run before
+    their baseline in reverse list order, then the baseline, then those that need its output."""
+    out: list[Method] = []
+    for fam in dict.fromkeys(m.family for m in methods):
+        own = [m for m in methods if m.family == fam]
+        free = [m for m in own if not m.is_baseline and not needs_baseline_output(m)]
+        out += free[::-1] + [m for m in own if m.is_baseline] + [m for m in own if needs_baseline_output(m)]
+    return out
+
+
 def plan(methods: Sequence[Method], prompts: Sequence[PromptIds], hf_limit: int | None = None,
-         repeats: int = 1) -> list[Unit]:
+         repeats: int = 1, alternate: bool = True) -> list[Unit]:
     """All units, in execution order: calibration before eval, prompt by prompt, methods in list order.
 
     Calibration runs each family's baseline too (the oracle needs plain's output as its reference, and
     every grid point is checked for exactness against it). `hf_limit` caps the transformers peers to the
     first N eval prompts of each dataset (they are slow on CPU). `repeats`: each eval prompt's methods run
-    that many rounds in a row (module docstring).
+    that many rounds in a row (module docstring). `alternate`: every other eval prompt (and round) runs its
+    methods in the `swapped` order (module docstring, "Order"); False: always in list order.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise CSDraftingError(f"repeats must be a positive integer (got {repeats!r})")
@@ -178,7 +208,7 @@ def plan(methods: Sequence[Method], prompts: Sequence[PromptIds], hf_limit: int 
             continue
         i = seen[p.dataset] = seen.get(p.dataset, -1) + 1
         for rep in range(repeats):
-            for m in methods:
+            for m in swapped(methods) if alternate and (i + rep) % 2 else methods:
                 if m.family == HF and hf_limit is not None and i >= hf_limit:
                     continue
                 units.append(Unit(EVAL, p.dataset, p.id, m.name, rep=rep))
@@ -335,7 +365,20 @@ def execute(
     say = warn or (lambda msg: bar.write(msg, file=sys.stderr))
     pool.log = lambda msg: bar.write(msg, file=sys.stderr)
     choices: dict[tuple[str, str], dict] | None = None
+    # units that ran before their baseline (plan's alternate order), by the baseline's key: judged and stored
+    # once it is
+    later = {u.key for u in pending}
+    waiting: dict[str, list[tuple[Unit, Method, Executor, list[Turn], dict]]] = {}
     done = 0
+
+    def store_run(u: Unit, m: Method, ex: Executor, turns: list[Turn], rec: dict, base: dict | None) -> None:
+        rec.update(record_fields(turns, timing))
+        curve = getattr(ex, "cost_curve", None)
+        if curve is not None and curve() is not None:
+            rec["target_cost_curve"] = curve()
+        store.append(rec)
+        report(u, m, turns, base, say)
+
     try:
         for u in pending:
             m = by_name[u.method]
@@ -349,38 +392,49 @@ def execute(
                 length = choices[(u.dataset, m.name)]["length"]
             params = m.resolve(length)
             prompt = prompts[(u.phase, u.dataset, u.prompt_id)]
-            base = None if m.is_baseline else store.get(u.baseline_key(m.baseline))
+            base_key = None if m.is_baseline else u.baseline_key(m.baseline)
+            base = None if base_key is None else store.get(base_key)
             ex = pool.get(m.family)
             turns = run_turns(ex, m, params, prompt, base, max_new_tokens, render)
+            later.discard(u.key)
             rec = {
                 "key": u.key, "phase": u.phase, "dataset": u.dataset, "prompt_id": u.prompt_id,
                 "category": prompt.category, "group": prompt.group or u.dataset, "method": m.name,
                 "variant": u.variant, "repeat": u.rep, "family": m.family, "baseline": m.baseline, "params": params,
-                "max_new_tokens": max_new_tokens, "timing": timing, **record_fields(turns, timing),
+                "max_new_tokens": max_new_tokens, "timing": timing,
                 "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
             }
-            curve = getattr(ex, "cost_curve", None)
-            if curve is not None and curve() is not None:
-                rec["target_cost_curve"] = curve()
-            store.append(rec)
+            if base_key is not None:  # this round's own baseline run still to come?
+                rec["ran_before_baseline"] = Unit(u.phase, u.dataset, u.prompt_id, m.baseline, rep=u.rep).key in later
+            if base is None and base_key in later:  # nothing to check against yet
+                waiting.setdefault(base_key, []).append((u, m, ex, turns, rec))
+            else:
+                store_run(u, m, ex, turns, rec, base)
+            for wu, wm, wex, wturns, wrec in waiting.pop(u.key, []):  # this was their baseline
+                judge(wex, wturns, store.get(u.key))
+                store_run(wu, wm, wex, wturns, wrec, store.get(u.key))
             done += 1
-            for k, t in enumerate(turns):
-                if t.verdict in (None, IDENTICAL):
-                    continue
-                ref = turns_of(base)[k]["tokens"]
-                i = first_difference(t.outcome.tokens, ref)
-                where = f"{u.variant} on {u.dataset}/{u.prompt_id}" + (f" (turn {k + 1})" if len(turns) > 1 else "")
-                if t.verdict == MISMATCH:
-                    say(f"!!! EXACTNESS MISMATCH (a bug): {where} differs from {m.baseline} at generated token {i} "
-                        f"({len(t.outcome.tokens)} vs {len(ref)} tokens): "
-                        f"{t.divergence.get('describe') if t.divergence else 'not examined'} !!!")
-                elif t.verdict == TIE:
-                    say(f"note: {where} differs from {m.baseline} at a numerical tie: {t.divergence['describe']}")
-                else:
-                    say(f"note: {where} differs from {m.baseline} at generated token {i} (a peer's own code: "
-                        "not examined)")
-            bar.set_postfix_str(f"{rec['tokens_per_second']:.2f} tok/s")
+            bar.set_postfix_str(f"{rec['tokens_per_second']:.2f} tok/s" if "tokens_per_second" in rec else "")
             bar.update(1)
     finally:
         bar.close()
     return done
+
+
+def report(u: Unit, m: Method, turns: Sequence[Turn], base: dict | None, say: Callable[[str], None]) -> None:
+    """Say, loudly, where a unit's output differed from its baseline's (a mismatch is a bug)."""
+    for k, t in enumerate(turns):
+        if t.verdict in (None, IDENTICAL):
+            continue
+        ref = turns_of(base)[k]["tokens"]
+        i = first_difference(t.outcome.tokens, ref)
+        where = f"{u.variant} on {u.dataset}/{u.prompt_id}" + (f" (turn {k + 1})" if len(turns) > 1 else "")
+        if t.verdict == MISMATCH:
+            say(f"!!! EXACTNESS MISMATCH (a bug): {where} differs from {m.baseline} at generated token {i} "
+                f"({len(t.outcome.tokens)} vs {len(ref)} tokens): "
+                f"{t.divergence.get('describe') if t.divergence else 'not examined'} !!!")
+        elif t.verdict == TIE:
+            say(f"note: {where} differs from {m.baseline} at a numerical tie: {t.divergence['describe']}")
+        else:
+            say(f"note: {where} differs from {m.baseline} at generated token {i} (a peer's own code: "
+                "not examined)")

@@ -273,7 +273,7 @@ def calibration_failures(records: Iterable[dict]) -> list[str]:
 def render_markdown(rows: Sequence[Row], meta: dict, choices: dict | None = None, plots: Sequence[str] = (),
                     other_failures: Sequence[str] = (), records: Sequence[dict] = ()) -> str:
     lines = [f"# CS Drafting benchmark — suite `{meta.get('suite', '?')}`", ""]
-    for k in ("command", "date", "machine", "target", "models", "generation", "timing", "records"):
+    for k in ("command", "date", "machine", "target", "models", "generation", "timing", "records", "method order"):
         if meta.get(k):
             lines.append(f"- **{k}**: {meta[k]}")
     lines.append("")

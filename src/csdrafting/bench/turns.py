@@ -63,11 +63,19 @@ def run_turns(executor, method, params: dict, prompt, base: dict | None, max_new
         o = session.turn(ids, max_new, ref) if session else executor.run(method, params, ids, max_new, ref)
         out.append(Turn(ids, o))
         same = same and k < len(base_turns) and o.tokens == base_turns[k]["tokens"]
-    for k, t in enumerate(out):
-        if base is None or k >= len(base_turns) or any(u.verdict != IDENTICAL for u in out[:k]):
+    judge(executor, out, base)
+    return out
+
+
+def judge(executor, turns: Sequence[Turn], base: dict | None) -> None:
+    """Set each turn's verdict against the baseline's same turn (`base`: its record; None: not compared).
+    A turn is compared only while every earlier one was identical (else their prompts differ). The bench
+    calls this after the turns ran, or later, once a baseline that ran after them exists (runner.execute)."""
+    base_turns = turns_of(base) if base is not None else []
+    for k, t in enumerate(turns):
+        if base is None or k >= len(base_turns) or any(u.verdict != IDENTICAL for u in turns[:k]):
             break
         t.verdict, t.divergence = classify(executor, t.prompt, base_turns[k], t.outcome.tokens, k)
-    return out
 
 
 def classify(executor, prompt: list[int], base: dict | None, tokens: list[int],
