@@ -985,6 +985,19 @@ def test_headline_tables_per_workload_and_group_with_paired_medians():
     assert "| ms | 100.0 | 150.0 | 250.0 |" in md and "| × one token | 1.00 | 1.50 | 2.50 |" in md
 
 
+def test_order_check_splits_each_methods_ratio_by_whether_it_ran_first():
+    from csdrafting.bench.headline import order_lines
+
+    recs = [_timed("qa", f"p{i}", "plain", 10.0, 5.0) for i in range(4)]
+    recs += [dict(_timed("qa", f"p{i}", "csd", 12.0 if i % 2 else 11.0, 6.0), ran_before_baseline=bool(i % 2))
+             for i in range(4)]
+    md = "\n".join(order_lines(recs))
+    assert "| csd | 2 | 1.20x (1.20–1.20) | 2 | 1.10x (1.10–1.10) |" in md
+    assert order_lines([r for r in recs if not r.get("ran_before_baseline")]) == []  # one order only: nothing to tell
+    folded = [dict(r, repeats={"n": 2}) if r["method"] == "csd" else r for r in recs]
+    assert order_lines(folded) == []  # medians over rounds that ran in both orders
+
+
 def test_several_specbench_groups_are_also_pooled(tmp_path):
     from csdrafting.bench.headline import sections
 

@@ -206,5 +206,30 @@ def headline_tables(records: Iterable[dict], order: Sequence[str] = ()) -> list[
             "offered as a free draft of k tokens (k as labelled; chosen on calibration prompts when the suite "
             "calibrates), the ceiling at this verification cost. Exactness counts prompts: a conversation is "
             "identical when all its turns are; ties are divergences within the target's measured batch-shape "
-            "noise.", ""] + body + cost_curve_lines(records)
+            "noise.", ""] + body + order_lines(records) + cost_curve_lines(records)
+
+
+def order_lines(records: Iterable[dict]) -> list[str]:
+    """Whether running first or second moved a method's ratio to its baseline: per method, the paired decode
+    ratios of the prompts where it ran before its baseline and of those where it ran after (runner module
+    docstring, "Order"). Records folded from several rounds (`repeats`) ran in both orders and are left out."""
+    recs = [r for r in records if r.get("phase") == "eval" and "repeats" not in r]
+    base = {(r["dataset"], r["prompt_id"], r["method"]): r for r in recs}
+    split: dict[str, tuple[list[float], list[float]]] = {}
+    for r in recs:
+        b = base.get((r["dataset"], r["prompt_id"], r["baseline"]))
+        if "ran_before_baseline" not in r or b is None:
+            continue
+        mine, theirs = rate(r, DECODE), rate(b, DECODE)
+        if mine and theirs:
+            split.setdefault(r["method"], ([], []))[not r["ran_before_baseline"]].append(mine / theirs)
+    rows = [(m, a, b) for m, (a, b) in split.items() if a and b]
+    if not rows:
+        return []
+    out = ["## Order check (decode × own baseline, all workloads: median (worst–best))", "",
+           "Every other prompt ran its methods in the swapped order; a method's ratio should not depend on "
+           "whether it ran before its baseline or after.", "",
+           "| method | ran first: prompts | ratio | ran second: prompts | ratio |", "|---|---:|---:|---:|---:|"]
+    out += [f"| {m} | {len(a)} | {_cell(a)} | {len(b)} | {_cell(b)} |" for m, a, b in rows]
+    return out + [""]
 
