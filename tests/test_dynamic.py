@@ -117,6 +117,8 @@ def test_pass_costs_track_longer_passes_against_one_token_passes():
     m.observe(0, 1.0, 0.1)
     m.observe(4, 1.0, 0.0)  # nothing to learn from: ignored
     assert m.factor == PassCosts.LIMIT
+    m.reset()  # as a fresh process starts it
+    assert m.factor == 1.0 and m.passes == 0
 
 
 def test_corrected_curve_stops_break_even_drafts():

@@ -14,13 +14,16 @@ the median timings, before anything is summarized. Raising N on a finished run a
 Order: methods compared with each other run one after the other on the same prompt, and the one that runs
 second meets the machine as the first left it (caches, clock speed, the memory a peer's process just gave
 back). In a Spec-Bench run that always put plain decoding first (docs/bench/q4-spec5), on the 15 prompts
-where the default cascade made exactly plain's target passes, its passes took a median 0.9% longer (1-3%
-on all 4 such QA prompts), where in one process with the order alternating they took the same time
-(scripts/alternate-plain-csd.py). Whatever the cause, a fixed order puts it on one side of every ratio.
-So by default every other eval prompt (and round) runs its methods in the swapped order: per family, the methods that can run before their baseline first (in reverse), then
-the baseline, then those that need its output (the oracle). A method that ran before its baseline is
-checked against it once the baseline has run, and both records are stored then; each record says whether
-it ran before its baseline (`ran_before_baseline`). `--order fixed` keeps the list order everywhere.
+where the default cascade made exactly plain's target passes, its passes took a median 0.9% longer, which a
+check with the order alternating in one process did not reproduce (scripts/alternate-plain-csd.py). So by
+default every other eval prompt (and round) runs its methods in the swapped order: per family, the methods
+that can run before their baseline first (in reverse), then the baseline, then those that need its output
+(the oracle). A method that ran before its baseline is checked against it once the baseline has run, and
+both records are stored then; each record says whether it ran before its baseline (`ran_before_baseline`),
+and the summary splits each method's ratio by it (headline.order_lines). The first run made this way
+(docs/bench/q4-spec6) found no effect of the order (0.99x first, 1.00x second over 60 prompts); a fixed
+order would still put any such effect on one side of every ratio. `--method-order fixed` keeps the list
+order everywhere.
 
 Resume: every finished unit is appended to records.jsonl as one line, flushed and fsynced before the
 next unit starts. A run that is killed loses at most the unit in flight (and the units of its prompt that ran

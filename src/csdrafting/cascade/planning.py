@@ -182,6 +182,10 @@ class PassCosts:
     LIMIT = 1.25  # the correction never moves a longer pass's price by more than this factor either way
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every measured pass: the correction as a fresh process starts it (the object stays shared)."""
         # kind (longer pass?) -> [decayed sum of ratios, decayed count]
         self.sums = {False: [self.PRIOR, self.PRIOR], True: [self.PRIOR, self.PRIOR]}
         self.passes = 0
