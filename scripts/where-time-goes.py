@@ -2,15 +2,19 @@
 machine was. Reads a run directory of `csdrafting bench` with `plain` and `csd` records (and `--repeats`
 rounds, if any); no models needed.
 
-    python scripts/where-time-goes.py runs/q4-spec120
+    python scripts/where-time-goes.py runs/q4-spec120 [--per-prompt specbench-math_reasoning]
 
 Per dataset (medians over prompts): decode time per token over plain's; the drafter's own share of decode
-time, and the rest of the engine's (what neither the target nor the drafter spent); the target's review time per token over plain's; and, on the prompts whose output equals plain's, the
-target's measured decode time over the price its run's cost curve puts on the same passes (replayed with
-`csdrafting.bench.replay`), for `csd` and for `plain`: where csd's exceeds plain's, the curve underprices its
-reviews. Then the run-to-run noise: the standard deviation of log(csd / plain) speed over the prompts where
-nothing was drafted, and, with repetitions, how far two rounds of the same prompt and method differed.
-The README's figures for the 2026-12-02 runs come from this.
+time, and the rest of the engine's (what neither the target nor the drafter spent); the target's review time
+per token over plain's; and, on the prompts whose output equals plain's, the target's measured decode time
+over the price its run's cost curve puts on the same passes (replayed with `csdrafting.bench.replay`), for
+`csd` and for `plain`: where csd's exceeds plain's, the curve underprices its reviews. On the prompts where
+csd made exactly plain's target passes, csd's target time over plain's, split by which ran first (the bench
+alternates the order; older runs always ran plain first). Then the run-to-run noise: the standard deviation
+of log(csd / plain) speed over the prompts where nothing was drafted, and, with repetitions, how far two
+rounds of the same prompt and method differed. `--per-prompt DATASET`: each of that dataset's prompts, with
+its speed over plain, target passes of both, tokens drafted and accepted, and csd's target time per pass over
+plain's. The README's figures for the 2026-12-02 and 2026-12-03 runs come from this.
 """
 
 import json
@@ -30,7 +34,9 @@ def target_decode_seconds(rec: dict) -> float:
     return lv["seconds"] - lv.get("prefill_seconds", 0.0)
 
 
-run = Path(sys.argv[1])
+args = sys.argv[1:]
+per_prompt = args[args.index("--per-prompt") + 1] if "--per-prompt" in args else None
+run = Path(args[0])
 runs = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines() if line.strip()]
 by: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
 for r in collapse_repeats(runs):
@@ -73,6 +79,28 @@ for ds, xs in rows.items():
 if len(quiet) > 1:
     print(f"\nno-draft prompts: {len(quiet)}, median csd/plain {math.exp(statistics.median(quiet)):.3f}, "
           f"sd of log ratio {statistics.stdev(quiet):.3f}")
+# the target's own passes where csd made exactly plain's (same count, same tokens evaluated): its decode seconds
+# over plain's, by whether csd ran before plain (runs before the order alternated: plain always first)
+same: dict[object, list[float]] = defaultdict(list)
+for v in pairs.values():
+    c, p = v["csd"]["metrics"]["levels"][0], v["plain"]["metrics"]["levels"][0]
+    if c["forward_passes"] == p["forward_passes"] and c["tokens_evaluated"] == p["tokens_evaluated"]:
+        same[v["csd"].get("ran_before_baseline")].append(target_decode_seconds(v["csd"]) / target_decode_seconds(v["plain"]))
+for first, xs in same.items():
+    label = {True: "csd ran first", False: "csd ran second", None: "plain always first"}[first]
+    print(f"same target passes ({label}): {len(xs)} prompts, csd/plain target time median {statistics.median(xs):.3f}")
+if per_prompt:
+    print(f"\n{per_prompt}: prompt | speed over plain | target passes, plain / csd | drafted | accepted | "
+          "csd's target time per pass over plain's")
+    for (ds, pid), v in sorted(pairs.items()):
+        if ds != per_prompt:
+            continue
+        c, p = v["csd"], v["plain"]
+        lc, lp = c["metrics"]["levels"][0], p["metrics"]["levels"][0]
+        per_pass = (target_decode_seconds(c) / lc["forward_passes"]) / (target_decode_seconds(p) / lp["forward_passes"])
+        print(f"{pid} | {c['decode_tokens_per_second'] / p['decode_tokens_per_second']:.3f} | {lp['forward_passes']} / "
+              f"{lc['forward_passes']} | {c['metrics']['levels'][1]['drafted']} | {c['metrics']['levels'][1]['accepted']} | "
+              f"{per_pass:.3f}")
 rounds = [r["repeats"]["decode_seconds"] for r in collapse_repeats(runs) if "repeats" in r]
 if rounds:
     d = [abs(math.log(s[1] / s[0])) for s in rounds]

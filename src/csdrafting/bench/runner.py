@@ -14,8 +14,9 @@ the median timings, before anything is summarized. Raising N on a finished run a
 Order: methods compared with each other run one after the other on the same prompt, and the one that runs
 second meets the machine as the first left it (caches, clock speed, the memory a peer's process just gave
 back). In a Spec-Bench run that always put plain decoding first (docs/bench/q4-spec5), on the 15 prompts
-where the default cascade made exactly plain's target passes, its passes took a median 0.9% longer, which a
-check with the order alternating in one process did not reproduce (scripts/alternate-plain-csd.py). So by
+where the default cascade made exactly plain's target passes, its passes took a median 0.9% longer
+(scripts/where-time-goes.py), which a check with the order alternating in one process did not reproduce
+(scripts/alternate-plain-csd.py). So by
 default every other eval prompt (and round) runs its methods in the swapped order: per family, the methods
 that can run before their baseline first (in reverse), then the baseline, then those that need its output
 (the oracle). A method that ran before its baseline is checked against it once the baseline has run, and
