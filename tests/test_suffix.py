@@ -115,16 +115,19 @@ def test_a_request_that_rejects_a_family_stops_trusting_it():
     assert off.propose_scored(prompt + out + [1], 1).confidence[0] == pytest.approx(0.8, abs=0.01)
 
 
-def test_a_request_that_copies_more_than_expected_is_trusted_more():
+def test_a_surplus_raises_confidence_only_when_asked():
+    """50-odd long matches, every one right, against a calibrated 60%: by default the request keeps the
+    calibration's confidence (a surplus never raises it); with learn_up it is trusted more."""
     keys = [bucket("req", n, 1, 1) for n in range(10, 70)]
     cal = _cal({k: 0.6 for k in keys})
-    d = SuffixDrafter(cal, max_ngram=12)
     span = list(range(100, 180))
     prompt = [1] + span + [2]
     out = span[:60]
-    _request(d, prompt, out)
-    conf = d.propose_scored(prompt + out, 4).confidence
-    assert all(c > 0.75 for c in conf)  # 50-odd long matches, every one right
+    d, up = SuffixDrafter(cal, max_ngram=12), SuffixDrafter(cal, max_ngram=12, learn_up=True)
+    for x in (d, up):
+        _request(x, prompt, out)
+    assert d.propose_scored(prompt + out, 4).confidence == [pytest.approx(0.6, abs=0.01)] * 4
+    assert all(c > 0.75 for c in up.propose_scored(prompt + out, 4).confidence)
 
 
 def test_no_proposal_is_trusted_beyond_max_confidence():
@@ -135,7 +138,8 @@ def test_no_proposal_is_trusted_beyond_max_confidence():
     span = list(range(100, 180))
     prompt = [1] + span + [2]
     out = span[:60]
-    capped, free = SuffixDrafter(cal, max_ngram=12), SuffixDrafter(cal, max_ngram=12, max_confidence=1.0)
+    capped, free = (SuffixDrafter(cal, max_ngram=12, learn_up=True),
+                    SuffixDrafter(cal, max_ngram=12, max_confidence=1.0, learn_up=True))
     for d in (capped, free):
         _request(d, prompt, out)
     assert capped.propose_scored(prompt + out, 8).confidence == [MAX_CONFIDENCE] * 8

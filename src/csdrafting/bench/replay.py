@@ -2,6 +2,7 @@
 
     python -m csdrafting.bench.replay runs/q4-codeedit --cap 16,64 --max-confidence 0.995,0.98
     python -m csdrafting.bench.replay runs/ref-code --curves runs/q4-codeedit,runs/q4-cap
+    python -m csdrafting.bench.replay runs/ref-code --calibration packaged,new-calibration.json
 
 Under greedy decoding a cascade of the target and one statistical drafter (K = [[cap]], cost-aware) is
 fully determined by three things: the target's own greedy output (a review accepts exactly the drafted
@@ -298,7 +299,7 @@ def config_rows(refs: Sequence[Reference], price: CostCurve, eos: frozenset[int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..drafters.suffix import SuffixDrafter, default_calibration
+    from ..drafters.suffix import Calibration, SuffixDrafter, default_calibration
     from ..protocol import run_guarded
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -308,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cap", default="16,64", help="draft caps (K = [[cap]]), comma-separated")
     ap.add_argument("--max-confidence", default="0.995,0.98", help="the suffix drafter's ceilings, comma-separated")
     ap.add_argument("--adapt-weight", default="8", help="the suffix drafter's in-request learning weights")
+    ap.add_argument("--learn-up", default="0", help="1: the suffix drafter's in-request learning also raises "
+                    "confidences (0, the default: only lowers them); comma-separated to compare")
+    ap.add_argument("--calibration", default="packaged", help="the suffix drafter's calibrations, comma-separated: "
+                    "files written by `csdrafting calibrate`, or `packaged` (the default's)")
     ap.add_argument("--configs", default="", help="cascade configs (JSON, as `csdrafting generate --config`) to replay "
                     "instead of the suffix drafter's settings, comma-separated; their neural drafters run for real, "
                     "priced by their cost curves")
@@ -329,22 +334,33 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         if a.configs:
             return run_configs()
-        cal = default_calibration()
+        cals = {c: default_calibration() if c == "packaged" else Calibration.load(c)
+                for c in a.calibration.split(",") if c}
         settings = {"cap": [int(c) for c in _floats(a.cap)], "max_confidence": _floats(a.max_confidence),
-                    "adapt_weight": _floats(a.adapt_weight)}
+                    "adapt_weight": _floats(a.adapt_weight), "learn_up": [bool(x) for x in _floats(a.learn_up)],
+                    "calibration": list(cals)}
         for name, refs, eos, cname, curve in each_curve("cost curve"):
             dsets = sorted({r.dataset for r in refs})
             orc = {d: statistics.median(oracle(r, curve).speedup for r in refs if r.dataset == d) for d in dsets}
             print("| " + " | ".join(settings) + " | " + " | ".join(f"{d} ({sum(r.dataset == d for r in refs)})"
-                                                                  for d in dsets) + " |")
-            print("|" + "---|" * (len(settings) + len(dsets)))
+                                                                  for d in dsets) + f" | all ({len(refs)}), geometric mean |")
+            print("|" + "---|" * (len(settings) + len(dsets) + 1))
             label = f"oracle, k={best_oracle_length(curve)}"
-            print("| " + " | ".join([label] + [""] * (len(settings) - 1) + [f"{orc[d]:.2f}x" for d in dsets]) + " |")
-            make = lambda **kw: SuffixDrafter(cal, **kw)  # noqa: E731
+            every = statistics.geometric_mean(oracle(r, curve).speedup for r in refs)
+            print("| " + " | ".join([label] + [""] * (len(settings) - 1) + [f"{orc[d]:.2f}x" for d in dsets])
+                  + f" | {every:.3f}x |")
+            def make(calibration: str, **kw) -> SuffixDrafter:
+                return SuffixDrafter(cals[calibration], **kw)
+
             for s, per in table(refs, curve, eos, settings, make):
-                cells = [_median_worst(per[d]) for d in dsets]
-                print("| " + " | ".join(f"{v:g}" for v in s.values()) + " | " + " | ".join(cells) + " |")
-        print("\nmedian predicted decode speedup over plain (worst prompt), greedy; the oracle drafts the target's own output")
+                every = [x for d in dsets for x in per[d]]
+                cells = [_median_worst(per[d]) for d in dsets] + [
+                    f"{statistics.geometric_mean(every):.3f}x ({min(every):.2f})"]
+                print("| " + " | ".join(str(int(v)) if isinstance(v, bool) else f"{v:g}" if isinstance(v, float)
+                                        else str(v) for v in s.values()) + " | "
+                      + " | ".join(cells) + " |")
+        print("\nmedian predicted decode speedup over plain (worst prompt), greedy; the last column: the geometric mean "
+              "over every prompt of the run (worst prompt); the oracle drafts the target's own output")
         return 0
 
     def run_configs() -> int:

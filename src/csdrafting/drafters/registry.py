@@ -199,7 +199,8 @@ def _suffix(s: dict[str, Any], vocab_size: int | None) -> StatisticalDrafter:
     cal = s["calibration"]
     cal = default_calibration() if cal == DEFAULT else Calibration.load(cal) if cal else None
     return SuffixDrafter(cal, bigram_table(s["bigram"], vocab_size), s["max_ngram"], s["min_count"], s["persist"],
-                         long_match=s["long_match"], adapt_weight=s["adapt_weight"], max_confidence=s["max_confidence"])
+                         long_match=s["long_match"], adapt_weight=s["adapt_weight"], max_confidence=s["max_confidence"],
+                         learn_up=s["learn_up"])
 
 
 def _bigram_setting(fallback_for: str) -> Setting:
@@ -225,7 +226,9 @@ BUILTIN = (
             Setting("long_match", int, 64, "how far past max_ngram a match is measured (a long copy's length "
                     "class decides its confidence)", minimum=1),
             Setting("adapt_weight", float, 8.0, "pseudo-observations behind the calibration when a request's own "
-                    "outcomes shift its confidence (0: no in-request learning)", minimum=0),
+                    "outcomes lower its confidence (0: no in-request learning)", minimum=0),
+            Setting("learn_up", bool, False, "let a request's own surplus raise a confidence above its calibrated "
+                    "rate too (replayed to lose, measured a tie: README, 'Learning within a request')"),
             Setting("max_confidence", float, MAX_CONFIDENCE, "no proposal is trusted beyond this "
                     "acceptance, calibrated or adapted (a copy ends where an edit begins)", minimum=0),
             Setting("persist", bool, False, "keep the outputs of earlier generations of this process as a second "
