@@ -2,7 +2,7 @@
 match points (the prompt or the request's own output so far), per dataset.
 
     python scripts/copy-rates.py docs/bench/replay/ref-code
-    python scripts/copy-rates.py runs/q4-spec6 docs/bench/replay/ref-code
+    python scripts/copy-rates.py docs/bench/q4-spec6 docs/bench/replay/ref-code
 
 Walks the target's recorded greedy outputs (a bench run's `plain` records) as `SuffixDrafter.calibrate` does,
 and pools the request-index proposals by match-length class, once for all of them (`all`), and split by where
