@@ -92,15 +92,24 @@ def _read(path: Path) -> str:
     return path.read_text()
 
 
+def load_records(run: str | Path) -> list[dict]:
+    """A bench run's records (records.jsonl, or its gzipped copy), repeated rounds folded into one record each."""
+    try:
+        return collapse_repeats(json.loads(line) for line in _read(Path(run) / "records.jsonl").splitlines()
+                                if line.strip())
+    except (OSError, json.JSONDecodeError, gzip.BadGzipFile) as e:
+        raise CSDraftingError(f"{run} is not a readable bench run (records.jsonl): {e}") from e
+
+
 def load_run(run: str | Path) -> tuple[list[Reference], CostCurve | None, frozenset[int]]:
     """The single-turn `plain` eval records of a bench run (prompts.json and records.jsonl, either may be
     gzipped), with their prompts, its cost curve and end tokens."""
     run = Path(run)
     try:
         prompts = json.loads(_read(run / "prompts.json"))
-        records = collapse_repeats(json.loads(line) for line in _read(run / "records.jsonl").splitlines() if line.strip())
     except (OSError, json.JSONDecodeError, gzip.BadGzipFile) as e:
         raise CSDraftingError(f"{run} is not a readable bench run (prompts.json, records.jsonl): {e}") from e
+    records = load_records(run)
     ids = {(p["dataset"], p["id"]): p for p in prompts["prompts"] if p.get("phase", "eval") == "eval"}
     refs, curve = [], None
     for r in records:
@@ -346,9 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                   for d in dsets) + f" | all ({len(refs)}), geometric mean |")
             print("|" + "---|" * (len(settings) + len(dsets) + 1))
             label = f"oracle, k={best_oracle_length(curve)}"
-            every = statistics.geometric_mean(oracle(r, curve).speedup for r in refs)
+            orc_all = statistics.geometric_mean(oracle(r, curve).speedup for r in refs)
             print("| " + " | ".join([label] + [""] * (len(settings) - 1) + [f"{orc[d]:.2f}x" for d in dsets])
-                  + f" | {every:.3f}x |")
+                  + f" | {orc_all:.3f}x |")
             def make(calibration: str, **kw) -> SuffixDrafter:
                 return SuffixDrafter(cals[calibration], **kw)
 
