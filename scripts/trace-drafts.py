@@ -18,6 +18,7 @@ from llama_cpp import Llama
 from csdrafting import store
 from csdrafting.bench.replay import load_run, replay
 from csdrafting.drafters.suffix import SuffixDrafter, default_calibration
+from csdrafting.sequences import common_prefix
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("run", help="a bench run directory with `plain` records")
@@ -50,9 +51,8 @@ class Traced(SuffixDrafter):
     def propose_scored(self, seq, n):
         p = super().propose_scored(seq, n)
         if p.tokens:
-            i, right = len(seq), 0
-            while right < len(p.tokens) and i + right < len(self.full) and p.tokens[right] == self.full[i + right]:
-                right += 1
+            i = len(seq)
+            right = common_prefix(p.tokens, self.full[i:])
             conf = " ".join(f"{c:.2f}" for c in p.confidence[: right + 3] if c is not None)
             print(f"  at {i - self.n_prompt}: proposed {len(p.tokens)}, right {right}: {text(p.tokens[:right])} | "
                   f"{text(p.tokens[right:right + 6])}  conf {conf}")
