@@ -78,6 +78,45 @@ def test_match_length_measures_past_max_ngram():
     assert d.index.text == text  # proposing leaves the index as it was
 
 
+def test_occurrences_list_every_place_of_a_long_context_under_rollback():
+    """Against brute force: every earlier continuation of the last max_n tokens, newest first, as the index
+    grows and is rolled back."""
+    rng = random.Random(2)
+    idx = NgramCounts(3)
+    text: list[int] = []
+    checked = 0
+    for _ in range(600):
+        if text and rng.random() < 0.2:
+            keep = rng.randint(0, len(text))
+            idx.truncate(keep)
+            del text[keep:]
+        else:
+            t = rng.choice([1, 2])
+            idx.append(t)
+            text.append(t)
+        want = [i + 3 for i in range(len(text) - 3) if text[i:i + 3] == text[-3:]][::-1] if len(text) >= 3 else []
+        assert list(idx.occurrences(text, 10_000)) == want
+        assert list(idx.occurrences(text, 2)) == want[:2]
+        checked += len(want) > 1
+    assert checked > 50  # the walk was tested on contexts with several places, not just one
+
+
+def test_a_long_context_in_two_places_continues_the_copy_being_made():
+    """The 12-token line X occurs twice in the prompt, after A and after B; the output is copying A X: it
+    continues with A's next token and its match counts from the start of A, though B's place is newer."""
+    a, b, x = list(range(100, 120)), list(range(200, 220)), list(range(300, 312))
+    prompt = a + x + [1, 2, 3] + b + x + [7, 8, 9]
+    cal = _cal({"req:32+:once": 0.95, "req:10-15:maj": 0.5, "req:32+:maj": 0.9})
+    d = SuffixDrafter(cal, max_ngram=12)
+    d.begin(prompt)
+    prop = d.propose_scored(prompt + a + x, 3)
+    assert prop.tokens == [1, 2, 3]
+    assert prop.confidence[0] == pytest.approx(0.9, abs=0.01)  # a 32-token copy; its two places split 1:1
+    old = SuffixDrafter(cal, max_ngram=12, longest_copy=False)
+    old.begin(prompt)
+    assert old.propose(prompt + a + x, 1) == [7]  # the newest place (the old choice), which this text is not copying
+
+
 def test_store_segments_never_join_two_outputs():
     d = SuffixDrafter(persist=True)
     for out in ([50, 51, 52], [53, 54, 55]):

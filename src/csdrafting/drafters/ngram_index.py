@@ -3,8 +3,9 @@ length of the copied span a match continues (drafters/suffix.py)."""
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
+
+from ..protocol import CSDraftingError
 
 
 class NgramCounts:
@@ -12,7 +13,9 @@ class NgramCounts:
 
     `last[key]` is the position in `text` of the most recent continuation of context `key`. `start` marks
     where the current segment begins: contexts never reach before it (a store of several outputs keeps
-    them in one text, but no context joins one output to the next).
+    them in one text, but no context joins one output to the next). `earlier[pos]` links the continuation
+    at `pos` of a max_n-token context to that context's previous continuation (-1: none, or a shorter
+    context), so `occurrences` walks every place a long context occurred, newest first, at one int per token.
     """
 
     def __init__(self, max_n: int, undo: bool = True) -> None:
@@ -21,6 +24,7 @@ class NgramCounts:
         self.start = 0
         self.counts: dict[tuple[int, ...], dict[int, int]] = {}
         self.last: dict[tuple[int, ...], int] = {}
+        self.earlier: list[int] = []
         self._undo: list[list[tuple[tuple[int, ...], int | None]]] | None = [] if undo else None
 
     def new_segment(self) -> None:
@@ -31,14 +35,20 @@ class NgramCounts:
         text, counts, last = self.text, self.counts, self.last
         pos = len(text)
         changes = []
-        for n in range(1, min(self.max_n, pos - self.start) + 1):
+        prev = -1
+        top = min(self.max_n, pos - self.start)
+        for n in range(1, top + 1):
             key = tuple(text[-n:])
             d = counts.get(key)
             if d is None:
                 d = counts[key] = {}
             d[t] = d.get(t, 0) + 1
-            changes.append((key, last.get(key)))
+            before = last.get(key)
+            changes.append((key, before))
             last[key] = pos
+        if top == self.max_n and before is not None:
+            prev = before
+        self.earlier.append(prev)
         text.append(t)
         if self._undo is not None:
             self._undo.append(changes)
@@ -54,6 +64,7 @@ class NgramCounts:
         counts, last = self.counts, self.last
         while len(self.text) > n:
             t = self.text.pop()
+            self.earlier.pop()
             for key, prev in self._undo.pop():
                 d = counts[key]
                 c = d[t] - 1
@@ -89,6 +100,17 @@ class NgramCounts:
             tok = recent if d.get(recent) == best else max(d, key=d.__getitem__)
             return n, tok, best, sum(d.values()), pos
         return None
+
+    def occurrences(self, context: Sequence[int], limit: int) -> Iterator[int]:
+        """Positions in `text` that continued the last max_n tokens of `context` (at most `limit`, newest
+        first); nothing when the context is shorter than max_n or never occurred."""
+        if len(context) < self.max_n:
+            return
+        pos = self.last.get(tuple(context[-self.max_n:]), -1)
+        while pos >= 0 and limit > 0:
+            yield pos
+            pos = self.earlier[pos]
+            limit -= 1
 
     def lookup(self, context: Sequence[int], min_count: int = 1, min_n: int = 1) -> tuple[int, int, int, int] | None:
         """(n, token, count, total) as `lookup_at`, without the position."""

@@ -200,7 +200,7 @@ def _suffix(s: dict[str, Any], vocab_size: int | None) -> StatisticalDrafter:
     cal = default_calibration() if cal == DEFAULT else Calibration.load(cal) if cal else None
     return SuffixDrafter(cal, bigram_table(s["bigram"], vocab_size), s["max_ngram"], s["min_count"], s["persist"],
                          long_match=s["long_match"], adapt_weight=s["adapt_weight"], max_confidence=s["max_confidence"],
-                         learn_up=s["learn_up"])
+                         learn_up=s["learn_up"], longest_copy=s["longest_copy"])
 
 
 def _bigram_setting(fallback_for: str) -> Setting:
@@ -229,6 +229,9 @@ BUILTIN = (
                     "outcomes lower its confidence (0: no in-request learning)", minimum=0),
             Setting("learn_up", bool, False, "let a request's own surplus raise a confidence above its calibrated "
                     "rate too (replayed to lose, measured a tie: README, 'Learning within a request')"),
+            Setting("longest_copy", bool, True, "where the longest context occurred in several places, continue "
+                    "the one whose match reaches furthest back (the copy the text is making); off: its most "
+                    "frequent continuation"),
             Setting("max_confidence", float, MAX_CONFIDENCE, "no proposal is trusted beyond this "
                     "acceptance, calibrated or adapted (a copy ends where an edit begins)", minimum=0),
             Setting("persist", bool, False, "keep the outputs of earlier generations of this process as a second "

@@ -9,7 +9,11 @@ says how likely each one is to be accepted, so that the engine drafts only what 
 - **request index**: for every context of 1..max_ngram tokens seen earlier in the prompt and the text
   so far, how often each next token followed it (SuffixDecoding, arXiv 2411.04975; llama.cpp's
   ngram-map-k with its min-hits gate). The longest context that occurred before proposes its most
-  frequent continuation (ties: the most recent one).
+  frequent continuation (ties: the most recent one); a context of max_ngram tokens that occurred in
+  several places (a line a function repeats) proposes the continuation of the place whose match reaches
+  furthest back, the copy the text is making (`longest_copy`): along the target's outputs of 20 held-out
+  library-function edits that halved the long matches' misses (65 of 3,997 to 32), each of which had cost
+  a long draft rejected at its first token.
 - **store** (optional, `persist=True`): the same counts over the outputs of earlier generations of this
   object, for what a request has not seen itself.
 - **bigram** (optional): the packaged bigram table, when neither has a match.
@@ -92,6 +96,10 @@ def family(key: str) -> str:
 # cost curves, a ceiling of 0.98 with a cap of 64 was the best trade (README, "Trusting a copy").
 MAX_CONFIDENCE = 0.98
 
+# How many earlier places of a long context the drafter compares to find the copy the text is making (a
+# context repeated more often than this is boilerplate, where the newest places are as good as any).
+OCCURRENCES = 16
+
 # buckets of calibrations made before the long classes existed (one "10+" class)
 _LEGACY = {cls: "10+" for cls in ("10-15", "16-23", "24-31", "32+")}
 
@@ -170,7 +178,10 @@ class SuffixDrafter(StatisticalDrafter):
     max_confidence (replayed to lose: module docstring); bigram: fallback table; calibration:
     measured acceptance per bucket (None: confidences unknown, so the engine cannot trim the proposals
     and drafts them as K says); max_confidence: no proposal is trusted beyond it, calibrated or adapted
-    (a copy ends where an edit begins, which no match length foresees: see `MAX_CONFIDENCE`).
+    (a copy ends where an edit begins, which no match length foresees: see `MAX_CONFIDENCE`);
+    longest_copy: where the longest context occurred in several places, continue the one whose match
+    reaches furthest back (the copy the text is making), measured to long_match; off: the most frequent
+    continuation, its length measured only at its newest place (the behaviour until 2026-12-03).
     """
 
     def __init__(
@@ -187,6 +198,7 @@ class SuffixDrafter(StatisticalDrafter):
         adapt_weight: float = 8.0,
         max_confidence: float = MAX_CONFIDENCE,
         learn_up: bool = False,
+        longest_copy: bool = True,
     ) -> None:
         if max_ngram < 1 or min_count < 1:
             raise CSDraftingError(f"max_ngram and min_count must be >= 1 (got {max_ngram}, {min_count})")
@@ -200,6 +212,7 @@ class SuffixDrafter(StatisticalDrafter):
             raise CSDraftingError(f"max_confidence must be in (0, 1] (got {max_confidence})")
         self.max_confidence = float(max_confidence)
         self.learn_up = bool(learn_up)
+        self.longest_copy = bool(longest_copy)
         self.calibration = calibration
         self.bigram = bigram
         self.max_ngram = max_ngram
@@ -291,7 +304,15 @@ class SuffixDrafter(StatisticalDrafter):
             if hit is None:
                 continue
             n, tok, c, tot, pos = hit
-            if n == self.max_ngram and counts.text[pos] == tok:  # a long context: how long is the copy?
+            if n == self.max_ngram and self.longest_copy:  # which copy does the text make, and how long is it?
+                if prev is not None and prev[0] == source and prev[2] >= n:  # the chain's copy goes on
+                    pos = prev[1] + 1
+                    n = min(self.long_match, prev[2] + 1)
+                else:
+                    pos, n = self._longest_copy(counts, text, tok, pos)
+                tok = counts.text[pos]
+                c = counts.counts[tuple(text[-self.max_ngram:])].get(tok, 0)
+            elif n == self.max_ngram and counts.text[pos] == tok:  # as before longest_copy: the newest place
                 if prev is not None and prev[0] == source and prev[1] + 1 == pos:
                     n = min(self.long_match, max(n, prev[2] + 1))
                 else:
@@ -303,6 +324,22 @@ class SuffixDrafter(StatisticalDrafter):
             if nxt is not None:
                 return nxt, BIGRAM, (BIGRAM, -1, 0)
         return None
+
+    def _longest_copy(self, counts: NgramCounts, text: list[int], tok: int, pos: int) -> tuple[int, int]:
+        """(position, match length) of the earlier occurrence of the text's last max_ngram tokens whose match
+        reaches furthest back (up to long_match), among the newest `OCCURRENCES`. Ties keep the most frequent
+        continuation `tok`, then the newest. A context that occurred in two places (a line the text repeats)
+        continues the copy the text is making, not the most recent or most frequent one."""
+        start = counts.start if counts is self.store else 0
+        best = None
+        for p in counts.occurrences(text, OCCURRENCES):
+            m = match_length(counts.text, start, p, text, self.max_ngram, self.long_match)
+            rank = (m, counts.text[p] == tok)
+            if best is None or rank > best[0]:
+                best = (rank, p, m)
+        if best is None:  # not reached: a max_ngram-token context that was counted has an occurrence
+            return pos, self.max_ngram
+        return best[1], best[2]
 
     def _rate(self, key: str) -> float:
         r = self._rates.get(key)
