@@ -123,15 +123,15 @@ def test_the_command_line_reads_a_bench_run(tmp_path, capsys):
     assert [r.output for r in refs] == [out] and curve == CURVE and eos == frozenset([0])
     assert rp.main([str(tmp_path), "--cap", "1,64", "--max-confidence", "0.98"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
-    assert lines[0].startswith("| cap | max_confidence | adapt_weight | learn_up | calibration | toy (1)")
+    assert lines[0].startswith("| cap | max_confidence | adapt_weight | learn_up | longest_copy | calibration | toy (1)")
     assert lines[0].endswith("| all (1), geometric mean |")
     # one prompt: its median, worst and geometric mean are the same speedup
-    cells = [[float(c.split("x")[0]) for c in ln.split(" | ")[5:7]] for ln in lines[2:]]
+    cells = [[float(c.split("x")[0]) for c in ln.split(" | ")[6:8]] for ln in lines[2:]]
     assert len(cells) == 2 and all(med == round(mean, 2) for med, mean in cells)
     rows = {ln.split(" | ")[0]: ln for ln in lines[1:]}
     assert set(rows) == {"| oracle, k=63", "| 1", "| 64"}
     # a cap of 1 cannot beat plain by much on this curve (2 tokens cost 1.8 passes); 64 copies long
-    one, long = (float(rows[k].split(" | ")[5].split("x")[0]) for k in ("| 1", "| 64"))
+    one, long = (float(rows[k].split(" | ")[6].split("x")[0]) for k in ("| 1", "| 64"))
     assert one < 1.15 < long
     # calibrations side by side: one that never saw the request's matches drafts nothing, so it runs at plain
     # speed, unless in-request learning may raise confidences (`--learn-up 1`): then it learns to trust the copy
@@ -140,7 +140,7 @@ def test_the_command_line_reads_a_bench_run(tmp_path, capsys):
     assert rp.main([str(tmp_path), "--cap", "64", "--max-confidence", "0.98", "--adapt-weight", "0,8",
                     "--learn-up", "0,1", "--calibration", f"packaged,{none}"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 64 ")]
-    speed = {tuple(ln.split(" | ")[2:5]): float(ln.split(" | ")[5].split("x")[0]) for ln in lines}
+    speed = {tuple(ln.split(" | ")[i] for i in (2, 3, 5)): float(ln.split(" | ")[6].split("x")[0]) for ln in lines}
     assert len(speed) == 8 and speed[("8", "0", "packaged")] == long
     assert speed[("0", "0", str(none))] == speed[("8", "0", str(none))] == speed[("0", "1", str(none))] == 1.0
     assert speed[("8", "1", str(none))] > 1.0 and speed[("0", "0", "packaged")] > 1.0

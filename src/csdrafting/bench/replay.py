@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapt-weight", default="8", help="the suffix drafter's in-request learning weights")
     ap.add_argument("--learn-up", default="0", help="1: the suffix drafter's in-request learning also raises "
                     "confidences (0, the default: only lowers them); comma-separated to compare")
+    ap.add_argument("--longest-copy", default="1", help="0: a long context seen in several places proposes its most "
+                    "frequent continuation, as before 2026-12-03 (1, the default: the place whose match reaches "
+                    "furthest back); comma-separated to compare")
     ap.add_argument("--calibration", default="packaged", help="the suffix drafter's calibrations, comma-separated: "
                     "files written by `csdrafting calibrate`, or `packaged` (the default's)")
     ap.add_argument("--configs", default="", help="cascade configs (JSON, as `csdrafting generate --config`) to replay "
@@ -347,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 for c in a.calibration.split(",") if c}
         settings = {"cap": [int(c) for c in _floats(a.cap)], "max_confidence": _floats(a.max_confidence),
                     "adapt_weight": _floats(a.adapt_weight), "learn_up": [bool(x) for x in _floats(a.learn_up)],
-                    "calibration": list(cals)}
+                    "longest_copy": [bool(x) for x in _floats(a.longest_copy)], "calibration": list(cals)}
         for name, refs, eos, cname, curve in each_curve("cost curve"):
             dsets = sorted({r.dataset for r in refs})
             orc = {d: statistics.median(oracle(r, curve).speedup for r in refs if r.dataset == d) for d in dsets}
