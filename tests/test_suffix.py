@@ -204,3 +204,15 @@ def test_old_calibrations_with_one_long_class_still_apply():
     cal = _cal({"req:10+:once": 0.93, "req:3:once": 0.5})
     assert cal.rate("req:24-31:once") == pytest.approx(0.93, abs=0.01)
     assert cal.rate("req:32+:once") == pytest.approx(0.93, abs=0.01)
+
+
+def test_a_store_copy_chained_past_the_store_end_stays_inside_it():
+    """A chain that copies a stored output to its last token, where that output's tail also occurred earlier
+    in the store: the next proposal comes from a place the store holds, never past its end."""
+    span = list(range(400, 430))
+    d = SuffixDrafter(_cal({"store:32+:once": 0.95, "store:16-23:once": 0.9}), max_ngram=12, persist=True)
+    d.begin([1])
+    d.end([1, *span, *span[:20]])  # the stored output repeats the span's head: its last 12 tokens recur
+    prop = d.propose_scored([2, *span[:5]], 40)
+    assert prop.tokens[:25] == span[5:30]
+    assert all(t in span for t in prop.tokens)

@@ -305,8 +305,8 @@ class SuffixDrafter(StatisticalDrafter):
                 continue
             n, tok, c, tot, pos = hit
             if n == self.max_ngram and self.longest_copy:  # which copy does the text make, and how long is it?
-                if prev is not None and prev[0] == source and prev[2] >= n:  # the chain's copy goes on
-                    pos = prev[1] + 1
+                if prev is not None and prev[0] == source == REQUEST and prev[2] >= n:  # the chain's copy goes on
+                    pos = prev[1] + 1  # (in the request's own text, which grows with the chain: a store's does not)
                     n = min(self.long_match, prev[2] + 1)
                 else:
                     pos, n = self._longest_copy(counts, text, tok, pos)
