@@ -38,20 +38,26 @@ def test_length_classes_cover_every_length_once():
     assert family("req:3:split") == "req:short" and family("bigram") == "bigram"
 
 
-def test_lookup_at_gives_the_most_recent_continuation_under_rollback():
-    """Against brute force: the position returned is where the context's latest continuation sits."""
-    rng = random.Random(1)
-    idx = NgramCounts(4)
+def _random_edits(idx: NgramCounts, rng: random.Random, alphabet: tuple[int, ...], steps: int):
+    """Grow the index by random tokens, rolling it back to a random length one step in five; yield the text
+    the index should hold after every step."""
     text: list[int] = []
-    for _ in range(500):
+    for _ in range(steps):
         if text and rng.random() < 0.2:
             keep = rng.randint(0, len(text))
             idx.truncate(keep)
             del text[keep:]
         else:
-            t = rng.choice([1, 2, 3])
+            t = rng.choice(alphabet)
             idx.append(t)
             text.append(t)
+        yield text
+
+
+def test_lookup_at_gives_the_most_recent_continuation_under_rollback():
+    """Against brute force: the position returned is where the context's latest continuation sits."""
+    idx = NgramCounts(4)
+    for text in _random_edits(idx, random.Random(1), (1, 2, 3), 500):
         hit = idx.lookup_at(text)
         if hit is None:
             assert len(text) <= 1 or all(
@@ -81,19 +87,9 @@ def test_match_length_measures_past_max_ngram():
 def test_occurrences_list_every_place_of_a_long_context_under_rollback():
     """Against brute force: every earlier continuation of the last max_n tokens, newest first, as the index
     grows and is rolled back."""
-    rng = random.Random(2)
     idx = NgramCounts(3)
-    text: list[int] = []
     checked = 0
-    for _ in range(600):
-        if text and rng.random() < 0.2:
-            keep = rng.randint(0, len(text))
-            idx.truncate(keep)
-            del text[keep:]
-        else:
-            t = rng.choice([1, 2])
-            idx.append(t)
-            text.append(t)
+    for text in _random_edits(idx, random.Random(2), (1, 2), 600):
         want = [i + 3 for i in range(len(text) - 3) if text[i:i + 3] == text[-3:]][::-1] if len(text) >= 3 else []
         assert list(idx.occurrences(text, 10_000)) == want
         assert list(idx.occurrences(text, 2)) == want[:2]

@@ -35,7 +35,6 @@ class NgramCounts:
         text, counts, last = self.text, self.counts, self.last
         pos = len(text)
         changes = []
-        prev = -1
         top = min(self.max_n, pos - self.start)
         for n in range(1, top + 1):
             key = tuple(text[-n:])
@@ -46,9 +45,8 @@ class NgramCounts:
             before = last.get(key)
             changes.append((key, before))
             last[key] = pos
-        if top == self.max_n and before is not None:
-            prev = before
-        self.earlier.append(prev)
+        # `before` is the max_n-token context's previous continuation when the loop reached max_n
+        self.earlier.append(before if top == self.max_n and before is not None else -1)
         text.append(t)
         if self._undo is not None:
             self._undo.append(changes)

@@ -309,7 +309,7 @@ class SuffixDrafter(StatisticalDrafter):
                     pos = prev[1] + 1  # (in the request's own text, which grows with the chain: a store's does not)
                     n = min(self.long_match, prev[2] + 1)
                 else:
-                    pos, n = self._longest_copy(counts, text, tok, pos)
+                    pos, n = self._longest_copy(counts, text, tok)
                 tok = counts.text[pos]
                 c = counts.counts[tuple(text[-self.max_ngram:])].get(tok, 0)
             elif n == self.max_ngram and counts.text[pos] == tok:  # as before longest_copy: the newest place
@@ -325,21 +325,16 @@ class SuffixDrafter(StatisticalDrafter):
                 return nxt, BIGRAM, (BIGRAM, -1, 0)
         return None
 
-    def _longest_copy(self, counts: NgramCounts, text: list[int], tok: int, pos: int) -> tuple[int, int]:
+    def _longest_copy(self, counts: NgramCounts, text: list[int], tok: int) -> tuple[int, int]:
         """(position, match length) of the earlier occurrence of the text's last max_ngram tokens whose match
         reaches furthest back (up to long_match), among the newest `OCCURRENCES`. Ties keep the most frequent
         continuation `tok`, then the newest. A context that occurred in two places (a line the text repeats)
-        continues the copy the text is making, not the most recent or most frequent one."""
+        continues the copy the text is making, not the most recent or most frequent one. The context was
+        counted, so it has at least one occurrence."""
         start = counts.start if counts is self.store else 0
-        best = None
-        for p in counts.occurrences(text, OCCURRENCES):
-            m = match_length(counts.text, start, p, text, self.max_ngram, self.long_match)
-            rank = (m, counts.text[p] == tok)
-            if best is None or rank > best[0]:
-                best = (rank, p, m)
-        if best is None:  # not reached: a max_ngram-token context that was counted has an occurrence
-            return pos, self.max_ngram
-        return best[1], best[2]
+        places = ((p, match_length(counts.text, start, p, text, self.max_ngram, self.long_match))
+                  for p in counts.occurrences(text, OCCURRENCES))
+        return max(places, key=lambda pm: (pm[1], counts.text[pm[0]] == tok))  # max keeps the first (newest) of equals
 
     def _rate(self, key: str) -> float:
         r = self._rates.get(key)
