@@ -135,16 +135,21 @@ def test_direct_drafts_that_do_not_deliver_are_priced_as_they_yield():
 
 def test_a_drafter_that_must_catch_up_is_priced_with_it():
     """Going through a drafter that was gone around costs its catch-up on the text it missed first (priced
-    at each decision, from how far it lags); a weak direct proposal that loses to a drafter in step wins
-    against one that must first evaluate a long missed span."""
+    at each decision, from how far it lags), weighed by the chance that the direct draft is accepted whole:
+    a likely copy that loses to a drafter in step wins against one that must first evaluate a long missed
+    span, while a weak guess does not (going around with it would only leave the drafter further behind)."""
     review = CostCurve((1, 64), (1.0, 1.3))
     router = Router()
     for _ in range(WARMUP):
         router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [])
-        router.observe(0, {1: (0, 0.2)}, 6, 5)  # drafts through level 1: 6 tokens, 5 accepted, 0.2 s
-    weak = [0.5, 0.5]
-    assert not router.go_direct(0, 1, DraftValue(), review, 0, 0.0, weak, catch_up=0.0)
-    assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, weak, catch_up=3.0)
+        router.observe(0, {1: (0, 0.2)}, 12, 11)  # drafts through level 1: 12 tokens, 11 accepted, 0.2 s
+    likely, weak = [0.9] * 6, [0.5, 0.5]
+    assert not router.go_direct(0, 1, DraftValue(), review, 0, 0.0, likely, catch_up=0.0)
+    assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, likely, catch_up=3.0)
+    # charged a whole 10 s catch-up, the path through the drafter would lose to the weak guess (12 tokens in
+    # 11.3 s against 1.75 in 1.01 s); weighed by the guess surviving whole (0.25), it does not (12 in 3.8 s)
+    assert not router.go_direct(0, 1, DraftValue(), review, 0, 0.0, weak, catch_up=10.0)
+    assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, weak, catch_up=30.0)  # 12 in 8.8 s: it does
 
 
 def test_nothing_to_draft_directly_leaves_the_choice_to_the_drafter():

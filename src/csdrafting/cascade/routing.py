@@ -20,7 +20,13 @@ predicted rates (expected tokens per second of r's step, as cascade/planning.py 
   gone around has not seen the text committed since; its first pass then evaluates all of it. That catch-up
   is priced apart, at each decision, from how far j lags then (on a compute-bound drafter, the 0.5B Q4_K_M
   here, 30 missed tokens cost about 17 of its single-token passes), and left out of the measured `seconds`,
-  which would otherwise charge every later draft through j for it and keep routing away from j.
+  which would otherwise charge every later draft through j for it and keep routing away from j. Going
+  around j avoids that catch-up only while the direct path keeps delivering: once a direct draft breaks, j
+  is usually needed again and evaluates everything it missed then. So the path through j is charged the
+  catch-up weighed by the chance that the direct draft is accepted whole (its tokens' weighed confidences).
+  Charged in full, it made a weak direct proposal look better than j; each such step left j further behind
+  and its catch-up dearer, and on one MMLU answer at the F32 tier routing went around the 0.5B ten steps in a
+  row with proposals such as [0.16, 0.08] (36 target steps, against cost-aware speculative decoding's 25).
 
 If direct is at least as fast and has something to draft, j is skipped for the whole draft (the next level
 fills it, within its K quota); otherwise j drafts it as in the unrouted cascade. A direct draft of nothing is a
@@ -86,12 +92,12 @@ class PathStats:
 
 
 def direct_draft(value: DraftValue, review: CostCurve, have: int, spent: float, conf: Sequence[float | None],
-                 scale: float = 1.0) -> tuple[float, int]:
+                 scale: float = 1.0) -> tuple[float, int, float]:
     """(the best rate of r's step if the draft so far is extended by a prefix of a proposal with these
-    confidences, that prefix's length): each token's expected yield scaled by `scale` (what the direct path
-    measurably yielded per promised token), none counting for more than the draft so far surviving; length 0
-    when r does best reviewing what it has."""
-    best, best_n = value.expected / (spent + review(have + 1)), 0
+    confidences, that prefix's length, the chance that the draft with it is accepted whole): each token's
+    expected yield scaled by `scale` (what the direct path measurably yielded per promised token), none
+    counting for more than the draft so far surviving; length 0 when r does best reviewing what it has."""
+    best, best_n, whole = value.expected / (spent + review(have + 1)), 0, value.survive
     e, p = value.expected, value.survive
     for i, c in enumerate(conf, start=1):
         if c is None:
@@ -100,8 +106,8 @@ def direct_draft(value: DraftValue, review: CostCurve, have: int, spent: float, 
         e += min(value.survive, p * scale)
         rate = e / (spent + review(have + i + 1))
         if rate > best:
-            best, best_n = rate, i
-    return best, best_n
+            best, best_n, whole = rate, i, min(value.survive, p * scale)
+    return best, best_n, whole
 
 
 def direct_rate(value: DraftValue, review: CostCurve, have: int, spent: float, conf: Sequence[float | None],
@@ -134,9 +140,10 @@ class Router:
             s.skipped = 0
             return False
         n = s.drafts
+        rate, n_direct, whole = direct_draft(value, review, have, spent, conf, s.direct_yield)
+        # the catch-up is saved only if the direct path carries on: weighed by the direct draft surviving whole
         via = (value.expected + value.survive * s.accepted / n) / (
-            spent + catch_up + s.seconds / n + review(have + s.tokens / n + 1))
-        rate, n_direct = direct_draft(value, review, have, spent, conf, s.direct_yield)
+            spent + catch_up * whole + s.seconds / n + review(have + s.tokens / n + 1))
         # a direct draft of nothing is a plain step (r reviews what it has): whether j's own tokens beat that is
         # j's planner's call, token by token from its live confidences, not the paths' averages (which, after a
         # few poor drafts, sent every step of an open-ended answer around the 0.5B: 19 target steps for 24
