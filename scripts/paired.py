@@ -27,7 +27,7 @@ for name, xs in [*per.items(), ("all", every)]:
     print(f"{name:28s} {len(xs):3d} prompts  median {statistics.median(xs):.3f}  geometric mean "
           f"{statistics.geometric_mean(xs):.3f}  {other} faster on {sum(x > 1 for x in xs)}")
 
-steps: dict[str, dict[str, list[int]]] = {}
+steps: dict[str, dict[str, dict[str, list[int]]]] = {}  # dataset -> prompt -> method -> [passes, tokens]
 for r in records:
     m = r.get("metrics") or {}
     if r.get("phase") == "eval" and r["method"] in (base, other) and "target_steps" in m:

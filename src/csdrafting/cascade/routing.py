@@ -25,8 +25,10 @@ predicted rates (expected tokens per second of r's step, as cascade/planning.py 
   is usually needed again and evaluates everything it missed then. So the path through j is charged the
   catch-up weighed by the chance that the direct draft is accepted whole (its tokens' weighed confidences).
   Charged in full, it made a weak direct proposal look better than j; each such step left j further behind
-  and its catch-up dearer, and on one MMLU answer at the F32 tier routing went around the 0.5B ten steps in a
-  row with proposals such as [0.16, 0.08] (36 target steps, against cost-aware speculative decoding's 25).
+  and its catch-up dearer: on MMLU abstract_algebra/1 at the F32 tier routing went around the 0.5B 18 and 12
+  times in the two rounds, for 34 and 31 target steps against cost-aware speculative decoding's 25 and 24
+  (docs/bench/f32-routing7's records; a one-off trace of that answer, not kept, showed ten direct drafts in a
+  row with proposals such as [0.16, 0.08]).
 
 If direct is at least as fast and has something to draft, j is skipped for the whole draft (the next level
 fills it, within its K quota); otherwise j drafts it as in the unrouted cascade. A direct draft of nothing is a
@@ -103,10 +105,11 @@ def direct_draft(value: DraftValue, review: CostCurve, have: int, spent: float, 
         if c is None:
             break
         p *= max(0.0, min(1.0, c))
-        e += min(value.survive, p * scale)
+        gain = min(value.survive, p * scale)  # this token's expected yield: the chance the draft survives to it
+        e += gain
         rate = e / (spent + review(have + i + 1))
         if rate > best:
-            best, best_n, whole = rate, i, min(value.survive, p * scale)
+            best, best_n, whole = rate, i, gain
     return best, best_n, whole
 
 
