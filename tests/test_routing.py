@@ -167,6 +167,55 @@ def test_nothing_to_draft_directly_leaves_the_choice_to_the_drafter():
     assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [0.9, 0.9])
 
 
+def test_direct_drafts_not_taken_are_measured_once_their_text_is_committed():
+    """Where routing goes through the drafter, the bottom's proposal it looked at is still measured: once the
+    text at its place is committed, how many of its tokens came against how many its confidences promised
+    moves the direct path's yield as a direct draft would. A proposal whose text is not yet known waits (a
+    draft that stopped inside it says nothing about the rest), and an earlier generation's are dropped."""
+    review = CostCurve((1, 64), (1.0, 1.3))
+    router = Router()
+    for _ in range(WARMUP):
+        router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [])
+        router.observe(0, {1: (0, 0.45)}, 8, 5)  # drafts through level 1: 8 tokens, 5 accepted, 0.45 s
+    s = router.stats(0, 1)
+    assert s.direct_yield == 1.0
+    copy = [0.8] * 6
+    for _ in range(3):
+        assert not router.go_direct(0, 1, DraftValue(), review, 0, 0.0, copy, proposal=[7] * 6, at=10)
+    assert len(router.pending) == 3 and s.direct_yield == 1.0
+    router.resolve([0] * 10 + [7] * 3)  # three of six known, all right: not yet measured
+    assert len(router.pending) == 3 and s.direct_yield == 1.0
+    router.resolve([0] * 10 + [7] * 6)  # every token came, where the confidences promised 2.95
+    assert router.pending == [] and s.direct_yield > 1.5
+    # the copy now pays more than the drafter: the same proposal goes direct
+    assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, copy, proposal=[7] * 6, at=20)
+    # a proposal wrong at its first token measures 0 at once, without waiting for the rest of its text
+    s.realized, s.predicted = 0.0, 0.0
+    router.stats(0, 1).skipped = 0
+    router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [0.3] * 2, proposal=[7, 7], at=30)
+    router.resolve([0] * 30 + [8])
+    assert router.pending == [] and s.direct_yield < 1.0
+
+
+def test_paths_are_measured_per_drafter_across_cascades():
+    """A server builds one cascade per request: the paths through a drafter instance are measured across them
+    (a second cascade over the same models starts measured, without the paper's warm-up drafts), but not
+    across cascades of another K, nor for a drafter instance the first never used."""
+    target, drafters = _family(tiny.causal)
+    T, D = tiny.wrap(target, "shared-t"), tiny.wrap(drafters[0], "shared-d")
+    prompt = PROMPTS[0] + PROMPTS[0] + PROMPTS[0][:3]
+    first = _routed(T, D)
+    measured = sum(first.generate(p, 40).metrics.routes["measure"] for p in (prompt, PROMPTS[1]))
+    assert measured >= WARMUP and first.router.stats(0, 1).observed >= WARMUP
+    again = _routed(T, D)
+    assert again.router.stats(0, 1) is first.router.stats(0, 1)
+    assert again.generate(prompt, 40).metrics.routes["measure"] == 0
+    other_k = _routed(T, D, k=[[4, 10], [0, 2]])
+    assert other_k.router.stats(0, 1).observed == 0
+    D2 = tiny.wrap(drafters[0], "shared-d")
+    assert _routed(T, D2).router.stats(0, 1).observed == 0
+
+
 # ------------------------------------------------------------------------------------------------ sampling
 def _routed_table(lenience: float = 1.0):
     def make():

@@ -20,6 +20,8 @@ statistical level keeps only the prefix of its proposal that pays; an empty draf
 
 from __future__ import annotations
 
+import json
+
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
@@ -108,7 +110,12 @@ class Cascade:
         self.eos = frozenset(target.info.eos_token_ids)
         # routing needs a reviewer with a neural drafter to go around and a near-free bottom to look at
         routable = self.bottom >= 2 and isinstance(self.levels[-1], StatisticalLevel)
-        self.router = Router() if self.config.route and self.dynamic and routable else None
+        self.router = None
+        if self.config.route and self.dynamic and routable:
+            # paths are measured per drafter instance across cascades (a server makes one per request): a
+            # reviewer of the same name, in a cascade of the same K and levels
+            shape = json.dumps([self.config.k.to_json(), [lv.metrics.name for lv in self.levels]])
+            self.router = Router([lv.model if isinstance(lv, ModelLevel) else None for lv in self.levels], shape)
         # The clock that prices the drafting a step has done so far, for the cost-aware planner (it weighs the
         # levels' own time against the review's). A replay that stands in for the target (bench/replay.py)
         # stops it, so that its plans do not depend on how busy the machine running the replay is.
@@ -168,6 +175,8 @@ class Cascade:
         generated: list[int] = []
         finish = "length"
         routes0 = dict(self.router.decisions) if self.router is not None else {}
+        if self.router is not None:
+            self.router.pending.clear()  # positions in an earlier generation's text
         routes0_s = self.router.seconds if self.router is not None else 0.0
         try:
             for lv in self.levels:
@@ -180,6 +189,8 @@ class Cascade:
             ends = got.clip(max_new_tokens - len(generated), self.eos)
             generated += got.tokens
             metrics.target_steps += 1
+            if self.router is not None:
+                self.router.resolve(generated)
             for lv in self.levels:
                 lv.committed(run, generated)
             if on_tokens:
@@ -363,7 +374,7 @@ class Cascade:
         peek.at = have
         peek.catch_up = self._catch_up(j, ctx)
         peek.direct = self.router.go_direct(r, j, plan.value, plan.review, have, plan.spent(), prop.conf,
-                                            peek.catch_up)
+                                            peek.catch_up, prop.tokens, len(ctx) if r == 0 else None)
         self.router.seconds += time.perf_counter() - t0
         return peek
 

@@ -30,6 +30,19 @@ predicted rates (expected tokens per second of r's step, as cascade/planning.py 
   (docs/bench/f32-routing7's records; a one-off trace of that answer, not kept, showed ten direct drafts in a
   row with proposals such as [0.16, 0.08]).
 
+The direct path's yield is measured on every decision, not only on those that took it: a proposal that went
+through j instead is kept, and once the text at its place is committed, how many of its tokens came against
+how many its confidences promised counts as a direct draft's would (`Router.resolve`). Measured only where it
+was taken, the yield of a path rarely taken stayed at its prior, and on copies (where the bottom's calibrated
+confidences are pessimistic: a 0.85-confident copy continues for 30 tokens) routing kept sending long copies
+through j. The path statistics are kept per drafter instance across cascades (`shared_stats`): a server or a
+bench builds one cascade per request, and a short request (a code edit: 2-13 target steps) spent its first two
+drafts measuring the path through j and decided the rest from two or three drafts. Replayed on the F32 tier's
+8 EditEval and 8 summary prompts (geometric means of the predicted speedups over plain; the suffix drafter alone
+3.26x and 2.62x): 2.85x and 2.47x before, 3.12x and 2.59x with both, 2.84x and 2.54x with the sharing alone;
+measuring every decision without the sharing changed EditEval by nothing (2.84x): a request is too short to
+learn from its own decisions.
+
 If direct is at least as fast and has something to draft, j is skipped for the whole draft (the next level
 fills it, within its K quota); otherwise j drafts it as in the unrouted cascade. A direct draft of nothing is a
 plain step of r, and whether j's tokens beat a plain step is what j's own cost-aware planner decides, from its
@@ -47,9 +60,11 @@ reviews accepted), never r's probabilities for the positions being decided, so t
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..sequences import common_prefix
 from .planning import CostCurve, DraftValue
 
 DECAY = 0.9  # weight of the past in the measured path statistics, per observed review
@@ -113,51 +128,112 @@ def direct_draft(value: DraftValue, review: CostCurve, have: int, spent: float, 
     return best, best_n, whole
 
 
+def survival(conf: Sequence[float | None]) -> list[float]:
+    """The chance that a draft of these confidences survives to each of its tokens."""
+    p, out = 1.0, []
+    for c in conf:
+        p *= 1.0 if c is None else max(0.0, min(1.0, c))
+        out.append(p)
+    return out
+
+
 def direct_rate(value: DraftValue, review: CostCurve, have: int, spent: float, conf: Sequence[float | None],
                 scale: float = 1.0) -> float:
     """The rate of `direct_draft` (none proposed: r reviews what it has)."""
     return direct_draft(value, review, have, spent, conf, scale)[0]
 
 
-class Router:
-    """Routing decisions and the path statistics behind them, for one cascade (kept across generations)."""
+_SHARED: "weakref.WeakKeyDictionary[object, dict[tuple, PathStats]]" = weakref.WeakKeyDictionary()
 
-    def __init__(self) -> None:
+
+def shared_stats(drafter: object, key: tuple) -> PathStats:
+    """The path statistics of a neural drafter instance in one place of one cascade shape (`key`), shared by
+    every cascade that uses it: a server or a bench makes one cascade per request, and a short request (a
+    code edit of 20-90 tokens: 2-13 target steps) would otherwise spend its first drafts measuring paths
+    through the drafter (WARMUP) and decide the rest from two or three of them."""
+    try:
+        per = _SHARED.get(drafter)
+        if per is None:
+            per = _SHARED[drafter] = {}
+    except TypeError:  # not weakly referable or not hashable: measured for this cascade only
+        return PathStats()
+    got = per.get(key)
+    if got is None:
+        got = per[key] = PathStats()
+    return got
+
+
+class Router:
+    """Routing decisions for one cascade, and the path statistics behind them: with `models` (the cascade's
+    levels, None for a statistical one) those are kept per drafter instance across cascades and generations
+    (`shared_stats`), else for this cascade only (across its generations)."""
+
+    def __init__(self, models: Sequence[object | None] = (), shape: str = "") -> None:
+        self.models = list(models)
+        self.shape = shape  # what else makes two cascades' paths alike: their K, their levels' names
         self.paths: dict[tuple[int, int], PathStats] = {}
         self.decisions = {"via": 0, "direct": 0, "measure": 0}
         self.seconds = 0.0  # wall time spent deciding (the bottom's look-ahead proposals included)
+        # direct drafts not taken, to be measured against the text once it is committed: (r, j, the position in
+        # the generated text it would have started at, its tokens, the chance of surviving to each of them)
+        self.pending: list[tuple[int, int, int, list[int], list[float]]] = []
 
     def stats(self, r: int, j: int) -> PathStats:
         s = self.paths.get((r, j))
         if s is None:
-            s = self.paths[(r, j)] = PathStats()
+            drafter = self.models[j] if j < len(self.models) else None
+            s = self.paths[(r, j)] = PathStats() if drafter is None else shared_stats(drafter, (r, j, self.shape))
         return s
 
     def go_direct(self, r: int, j: int, value: DraftValue, review: CostCurve, have: int, spent: float,
-                  conf: Sequence[float | None], catch_up: float = 0.0) -> bool:
+                  conf: Sequence[float | None], catch_up: float = 0.0, proposal: Sequence[int] = (),
+                  at: int | None = None) -> bool:
         """Whether r's draft should go around drafter j, given the bottom's proposal confidences `conf` and
-        what j would first spend catching up on text it missed (`catch_up` seconds)."""
+        what j would first spend catching up on text it missed (`catch_up` seconds). With `at` (the proposal's
+        position in the generated text, for r the target) a direct draft not taken is kept to be measured
+        once the text there is committed (`resolve`)."""
         s = self.stats(r, j)
-        if value.unknown or s.observed < WARMUP or s.skipped >= EXPLORE or s.drafts <= 0:
-            self.decisions["measure" if s.observed < WARMUP or s.skipped >= EXPLORE else "via"] += 1
+        if value.unknown:
+            self.decisions["via"] += 1
             s.skipped = 0
             return False
-        n = s.drafts
         rate, n_direct, whole = direct_draft(value, review, have, spent, conf, s.direct_yield)
-        # the catch-up is saved only if the direct path carries on: weighed by the direct draft surviving whole
-        via = (value.expected + value.survive * s.accepted / n) / (
-            spent + catch_up * whole + s.seconds / n + review(have + s.tokens / n + 1))
-        # a direct draft of nothing is a plain step (r reviews what it has): whether j's own tokens beat that is
-        # j's planner's call, token by token from its live confidences, not the paths' averages (which, after a
-        # few poor drafts, sent every step of an open-ended answer around the 0.5B: 19 target steps for 24
-        # tokens against the unrouted cascade's 13; README, "Routing")
-        if n_direct > 0 and rate >= via:
+        measure = s.observed < WARMUP or s.skipped >= EXPLORE
+        go = False
+        if not measure and s.drafts > 0:
+            n = s.drafts
+            # the catch-up is saved only if the direct path carries on: weighed by the direct draft surviving whole
+            via = (value.expected + value.survive * s.accepted / n) / (
+                spent + catch_up * whole + s.seconds / n + review(have + s.tokens / n + 1))
+            # a direct draft of nothing is a plain step (r reviews what it has): whether j's own tokens beat that
+            # is j's planner's call, token by token from its live confidences, not the paths' averages (which,
+            # after a few poor drafts, sent every step of an open-ended answer around the 0.5B: 19 target steps
+            # for 24 tokens against the unrouted cascade's 13; README, "Routing")
+            go = n_direct > 0 and rate >= via
+        if go:
             s.skipped += 1
             self.decisions["direct"] += 1
             return True
+        if at is not None and n_direct > 0 and len(proposal) >= n_direct:
+            self.pending.append((r, j, at, list(proposal[:n_direct]), survival(conf[:n_direct])))
         s.skipped = 0
-        self.decisions["via"] += 1
+        self.decisions["measure" if measure else "via"] += 1
         return False
+
+    def resolve(self, generated: Sequence[int]) -> None:
+        """Measure the direct drafts not taken whose text is now known: how many of their tokens the target
+        committed against how many their confidences promised. The direct path is then measured on every
+        decision, not only on those that took it (which, where routing rarely goes direct, left its yield at
+        the prior: confidences calibrated on other text can be pessimistic on a copy as well as optimistic)."""
+        left = []
+        for r, j, at, tokens, promised in self.pending:
+            known = generated[at:at + len(tokens)]
+            right = common_prefix(tokens, known)
+            if right < len(known) or len(known) == len(tokens):
+                self.stats(r, j).add_direct(sum(promised), right)
+            else:
+                left.append((r, j, at, tokens, promised))
+        self.pending = left
 
     def observe(self, r: int, through: dict[int, tuple[int, float]], n_drafted: int, n_accepted: int) -> None:
         """After r's review of a draft of n_drafted tokens, n_accepted of them accepted: for each drafter j
