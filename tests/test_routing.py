@@ -171,7 +171,7 @@ def test_direct_drafts_not_taken_are_measured_once_their_text_is_committed():
     """Where routing goes through the drafter, the bottom's proposal it looked at is still measured: once the
     text at its place is committed, how many of its tokens came against how many its confidences promised
     moves the direct path's yield as a direct draft would. A proposal whose text is not yet known waits (a
-    draft that stopped inside it says nothing about the rest), and an earlier generation's are dropped."""
+    draft that stopped inside it says nothing about the rest)."""
     review = CostCurve((1, 64), (1.0, 1.3))
     router = Router()
     for _ in range(WARMUP):

@@ -21,7 +21,6 @@ statistical level keeps only the prefix of its proposal that pays; an empty draf
 from __future__ import annotations
 
 import json
-
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
@@ -35,7 +34,7 @@ from .config import CascadeConfig, SamplingConfig
 from .levels import Draft, Level, ModelLevel, Run, StatisticalLevel
 from .metrics import GenerationMetrics
 from .planning import CostCurve, StepPlan, TailYield
-from .routing import Router
+from .routing import Router, survival
 from .rows import tail_yield
 
 Drafter = Union[LanguageModel, StatisticalDrafter]
@@ -175,9 +174,9 @@ class Cascade:
         generated: list[int] = []
         finish = "length"
         routes0 = dict(self.router.decisions) if self.router is not None else {}
+        routes0_s = self.router.seconds if self.router is not None else 0.0
         if self.router is not None:
             self.router.pending.clear()  # positions in an earlier generation's text
-        routes0_s = self.router.seconds if self.router is not None else 0.0
         try:
             for lv in self.levels:
                 lv.prefill(run, prefill_chunk, on_prefill)
@@ -349,10 +348,7 @@ class Cascade:
         if through:
             self.router.observe(r, through, len(draft), len(out) - 1)
         if around is not None and len(out) - 1 >= around[1]:  # the direct tokens were reached: measure them
-            p, predicted = 1.0, 0.0
-            for c in draft.conf[around[1]:]:
-                p *= 1.0 if c is None else max(0.0, min(1.0, c))
-                predicted += p
+            predicted = sum(survival(draft.conf[around[1]:]))
             self.router.observe_direct(r, around[0], predicted, len(out) - 1 - around[1])
         return out
 

@@ -34,14 +34,15 @@ The direct path's yield is measured on every decision, not only on those that to
 through j instead is kept, and once the text at its place is committed, how many of its tokens came against
 how many its confidences promised counts as a direct draft's would (`Router.resolve`). Measured only where it
 was taken, the yield of a path rarely taken stayed at its prior, and on copies (where the bottom's calibrated
-confidences are pessimistic: a 0.85-confident copy continues for 30 tokens) routing kept sending long copies
-through j. The path statistics are kept per drafter instance across cascades (`shared_stats`): a server or a
+confidences are pessimistic: in one replayed EditEval edit, a proposal starting at 0.85 ran on for 31 tokens)
+routing kept sending long copies through j. The path statistics are kept per drafter instance across cascades (`shared_stats`): a server or a
 bench builds one cascade per request, and a short request (a code edit: 2-13 target steps) spent its first two
 drafts measuring the path through j and decided the rest from two or three drafts. Replayed on the F32 tier's
 8 EditEval and 8 summary prompts (geometric means of the predicted speedups over plain; the suffix drafter alone
 3.26x and 2.62x): 2.85x and 2.47x before, 3.12x and 2.59x with both, 2.84x and 2.54x with the sharing alone;
 measuring every decision without the sharing changed EditEval by nothing (2.84x): a request is too short to
-learn from its own decisions.
+learn from its own decisions. (Those two groups were replayed on their own; README, "Routing", has the whole
+replay, where the statistics carry over from the other groups.)
 
 If direct is at least as fast and has something to draft, j is skipped for the whole draft (the next level
 fills it, within its K quota); otherwise j drafts it as in the unrouted cascade. A direct draft of nothing is a
@@ -66,6 +67,7 @@ from typing import Sequence
 
 from ..sequences import common_prefix
 from .planning import CostCurve, DraftValue
+from .rows import per_model
 
 DECAY = 0.9  # weight of the past in the measured path statistics, per observed review
 WARMUP = 2  # drafts through a drafter measured before routing may skip it
@@ -148,19 +150,11 @@ _SHARED: "weakref.WeakKeyDictionary[object, dict[tuple, PathStats]]" = weakref.W
 
 def shared_stats(drafter: object, key: tuple) -> PathStats:
     """The path statistics of a neural drafter instance in one place of one cascade shape (`key`), shared by
-    every cascade that uses it: a server or a bench makes one cascade per request, and a short request (a
-    code edit of 20-90 tokens: 2-13 target steps) would otherwise spend its first drafts measuring paths
-    through the drafter (WARMUP) and decide the rest from two or three of them."""
-    try:
-        per = _SHARED.get(drafter)
-        if per is None:
-            per = _SHARED[drafter] = {}
-    except TypeError:  # not weakly referable or not hashable: measured for this cascade only
-        return PathStats()
-    got = per.get(key)
-    if got is None:
-        got = per[key] = PathStats()
-    return got
+    every cascade that uses it (as rows.measured_costs shares its pass costs): a server or a bench makes one
+    cascade per request, and a short request (a code edit of 20-90 tokens: 2-13 target steps) would otherwise
+    spend its first drafts measuring paths through the drafter (WARMUP) and decide the rest from two or three
+    of them."""
+    return per_model(_SHARED, drafter, dict).setdefault(key, PathStats())
 
 
 class Router:

@@ -33,7 +33,7 @@ _MEASURED: "weakref.WeakKeyDictionary[LanguageModel, PassCosts]" = weakref.WeakK
 _TAILS: "weakref.WeakKeyDictionary[LanguageModel, TailYield]" = weakref.WeakKeyDictionary()
 
 
-def _per_model(registry: weakref.WeakKeyDictionary, model: LanguageModel, make: Callable):
+def per_model(registry: weakref.WeakKeyDictionary, model: LanguageModel, make: Callable):
     try:
         got = registry.get(model)
         if got is None:
@@ -47,14 +47,14 @@ def measured_costs(model: LanguageModel) -> PassCosts:
     """The measured pass costs of a model instance, shared by every cascade that uses it (a server or a bench
     makes one cascade per request: what the machine's passes cost is a property of the model and the machine,
     not of the request)."""
-    return _per_model(_MEASURED, model, PassCosts)
+    return per_model(_MEASURED, model, PassCosts)
 
 
 def tail_yield(drafter: LanguageModel) -> TailYield:
     """What statistical tokens drafted after this neural drafter's tokens measurably yield (planning.TailYield),
     shared, as `measured_costs`, by every cascade that uses the drafter: a request has too few tails to learn
     it from its own."""
-    return _per_model(_TAILS, drafter, TailYield)
+    return per_model(_TAILS, drafter, TailYield)
 
 
 class RowCache:
