@@ -24,7 +24,7 @@ from csdrafting import Cascade, CascadeConfig, CSDraftingError
 from csdrafting.cascade import acceptance, engine
 from csdrafting.cascade.config import SamplingConfig
 from csdrafting.cascade.planning import CostCurve, DraftValue
-from csdrafting.cascade.routing import WARMUP, Router, direct_rate
+from csdrafting.cascade.routing import WARMUP, EndStats, Router, direct_rate
 from csdrafting.drafters.base import Proposal, StatisticalDrafter
 from csdrafting.drafters.suffix import SuffixDrafter
 from test_dynamic import CHEAP, MEMORY, _calibration
@@ -167,6 +167,68 @@ def test_nothing_to_draft_directly_leaves_the_choice_to_the_drafter():
     assert router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [0.9, 0.9])
 
 
+def test_where_texts_end_is_counted_after_each_token():
+    """EndStats: how often the text ended right after a token, over earlier generations; an output's first token
+    is not counted (an opening code fence is the token that closes the block and ends the answer), nor a last
+    token that nothing followed (a text cut by its length)."""
+    ends = EndStats()
+    fence, end = 5, 0
+    for _ in range(3):
+        ends.learn([fence, 1, 2, fence, end], frozenset({end}))  # an answer in one code block
+    ends.learn([fence, 1, 2, 3], frozenset({end}))  # cut by its length after 3
+    assert ends.counts[fence] == [3, 3] and ends.counts[1] == [0, 4] and 3 not in ends.counts
+    assert ends.p_end(fence) == pytest.approx(3 / 4) and ends.p_end(1) == 0.0 and ends.p_end(9) == 0.0
+
+
+def test_a_drafter_is_not_caught_up_where_the_text_likely_ends():
+    """Where the text likely ends, a drafter that must first catch up on a long missed span is gone around even
+    with nothing worth drafting directly: if the text ends, the catch-up buys nothing; if not, its tokens
+    are only put off by one step. Where ending is unlikely, it is taken."""
+    review = CostCurve((1, 64), (1.0, 1.3))
+    eos = frozenset({0})
+
+    def router(ended: int, seen: int) -> Router:
+        r = Router(eos=eos)
+        for _ in range(seen):
+            r.learn_end([9, 5, 0] if ended > 0 else [9, 5, 6, 7])
+            ended -= 1
+        for _ in range(WARMUP):
+            r.go_direct(0, 1, DraftValue(), review, 0, 0.0, [])
+            r.observe(0, {1: (0, 0.2)}, 12, 11)  # drafts through level 1: 12 tokens, 11 accepted, 0.2 s
+        return r
+
+    likely, unlikely = router(5, 5), router(1, 10)
+    assert likely.ends.p_end(5) == pytest.approx(5 / 6) and unlikely.ends.p_end(5) == pytest.approx(1 / 11)
+    assert likely.go_direct(0, 1, DraftValue(), review, 0, 0.0, [], catch_up=1.0, after=5)
+    assert not unlikely.go_direct(0, 1, DraftValue(), review, 0, 0.0, [], catch_up=1.0, after=5)
+    assert not likely.go_direct(0, 1, DraftValue(), review, 0, 0.0, [], catch_up=1.0)  # not after that token
+
+
+def test_the_end_of_a_text_judges_neither_path():
+    """A proposal whose text ended at its first token is not counted against the direct path (no level's
+    token could have come there); one that the end cut later counts what came before the end. The end
+    statistics are learned by the engine after each generation and kept across cascades."""
+    review = CostCurve((1, 64), (1.0, 1.3))
+    router = Router(eos=frozenset({0}))
+    for _ in range(WARMUP):
+        router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [])
+        router.observe(0, {1: (0, 0.45)}, 8, 5)
+    s = router.stats(0, 1)
+    router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [0.8] * 3, proposal=[7, 7, 7], at=10)
+    router.resolve([3] * 10 + [0])
+    assert router.pending == [] and (s.predicted, s.realized) == (0.0, 0.0)
+    router.go_direct(0, 1, DraftValue(), review, 0, 0.0, [0.8] * 3, proposal=[7, 7, 7], at=20)
+    router.resolve([3] * 20 + [7, 0])  # one right, then the end: that one against its promise
+    assert (s.predicted, s.realized) == (pytest.approx(0.8), 1.0)
+    target, drafters = _family(tiny.causal)
+    T, D = tiny.wrap(target, "ends-t"), tiny.wrap(drafters[0], "ends-d")
+    first = _routed(T, D)
+    out = first.generate(PROMPTS[0], 30).tokens
+    learned = {t: c for t, c in first.router.ends.counts.items()}
+    assert sum(c[1] for c in learned.values()) == len(out) - 2  # neither the first token nor the last
+    assert _routed(T, D).router.ends is first.router.ends
+
+
 def test_direct_drafts_not_taken_are_measured_once_their_text_is_committed():
     """Where routing goes through the drafter, the bottom's proposal it looked at is still measured: once the
     text at its place is committed, how many of its tokens came against how many its confidences promised
@@ -217,13 +279,17 @@ def test_paths_are_measured_per_drafter_across_cascades():
 
 
 # ------------------------------------------------------------------------------------------------ sampling
+DEAR = CostCurve((1, 64), (0.4, 0.64))  # a drafter at 40% of the memory-bound target's price
+
+
 def _routed_table(lenience: float = 1.0):
     def make():
         t, ds = table_lm.family()
-        # confidences under which the router goes around the drafter about as often as through it
+        # confidences and a drafter's price under which the router takes both paths often: going around the
+        # drafter in about a fifth of the decisions with lenience 3 (where the drafter's lenient reviews pay)
         cal = _calibration(high=0.75, low=0.45)
         return Cascade(t, [ds[0], SuffixDrafter(cal)], CascadeConfig.make(
-            [[2, 3], [0, 2]], lenience=lenience, dynamic=True, costs=[MEMORY, CHEAP, None], route=True))
+            [[2, 3], [0, 2]], lenience=lenience, dynamic=True, costs=[MEMORY, DEAR, None], route=True))
     return make
 
 
@@ -249,7 +315,7 @@ def test_routed_sampling_matches_target_distribution(name):
     make, cfg = ROUTED[name]
     exact = exact_distribution(make().target, cfg)
     counts, decisions = _counts(make, cfg, N_RUNS)
-    assert decisions["direct"] > 0 and decisions["via"] + decisions["measure"] > 0, decisions  # both paths taken
+    assert min(decisions["direct"], decisions["via"]) > 0.1 * sum(decisions.values()), decisions  # both paths taken
     p = chi_square_pvalue(counts, exact, N_RUNS)
     assert p > ALPHA, f"{name}: chi-square p-value {p:.2e}"
 

@@ -114,7 +114,8 @@ class Cascade:
             # paths are measured per drafter instance across cascades (a server makes one per request): a
             # reviewer of the same name, in a cascade of the same K and levels
             shape = json.dumps([self.config.k.to_json(), [lv.metrics.name for lv in self.levels]])
-            self.router = Router([lv.model if isinstance(lv, ModelLevel) else None for lv in self.levels], shape)
+            self.router = Router([lv.model if isinstance(lv, ModelLevel) else None for lv in self.levels], shape,
+                                 self.eos)
         # The clock that prices the drafting a step has done so far, for the cost-aware planner (it weighs the
         # levels' own time against the review's). A replay that stands in for the target (bench/replay.py)
         # stops it, so that its plans do not depend on how busy the machine running the replay is.
@@ -203,6 +204,7 @@ class Cascade:
         metrics.seconds = time.perf_counter() - t0
         metrics.new_tokens = len(generated)
         if self.router is not None:
+            self.router.learn_end(generated)
             metrics.routes = {k: v - routes0[k] for k, v in self.router.decisions.items()}
             metrics.routes["seconds"] = self.router.seconds - routes0_s
         for lv in self.levels:
@@ -343,13 +345,18 @@ class Cascade:
             if ends:
                 break
         out = self.levels[r].review(run, base, draft)
+        # the text ended at this draft position (no level's tokens could come after it): a path is not judged there
+        end_at = len(out) - 1 if out.tokens and out.tokens[-1] in self.eos else None
         if tail is not None and len(draft) > tail[0] and len(out) - 1 >= tail[0]:  # the review reached the tail
             tail[2].observe(tail[1], len(out) - 1 > tail[0])
         if through:
-            self.router.observe(r, through, len(draft), len(out) - 1)
+            self.router.observe(r, {j: v for j, v in through.items() if end_at is None or end_at > v[0]},
+                                len(draft), len(out) - 1)
         if around is not None and len(out) - 1 >= around[1]:  # the direct tokens were reached: measure them
-            predicted = sum(survival(draft.conf[around[1]:]))
-            self.router.observe_direct(r, around[0], predicted, len(out) - 1 - around[1])
+            # those before the text's end, if it ended within them
+            predicted = sum(survival(draft.conf[around[1]:end_at]))
+            if end_at is None or end_at > around[1]:
+                self.router.observe_direct(r, around[0], predicted, len(out) - 1 - around[1])
         return out
 
     def _priced(self, j: int) -> float:
@@ -370,7 +377,8 @@ class Cascade:
         peek.at = have
         peek.catch_up = self._catch_up(j, ctx)
         peek.direct = self.router.go_direct(r, j, plan.value, plan.review, have, plan.spent(), prop.conf,
-                                            peek.catch_up, prop.tokens, len(ctx) if r == 0 else None)
+                                            peek.catch_up, prop.tokens, len(ctx) if r == 0 else None,
+                                            ctx[-1] if r == 0 and len(ctx) >= 2 else None)
         self.router.seconds += time.perf_counter() - t0
         return peek
 

@@ -73,6 +73,7 @@ DECAY = 0.9  # weight of the past in the measured path statistics, per observed 
 WARMUP = 2  # drafts through a drafter measured before routing may skip it
 EXPLORE = 16  # a drafter skipped this many times in a row is taken once more, to measure it again
 DIRECT_PRIOR = 2.0  # pseudo-tokens at face value behind the direct path's measured yield (a few steps move it)
+END_PRIOR = 1.0  # pseudo-occurrences, not followed by the end, behind each token's measured chance of ending the text
 
 
 @dataclass
@@ -110,6 +111,31 @@ class PathStats:
         return (self.realized + DIRECT_PRIOR) / (self.predicted + DIRECT_PRIOR)
 
 
+class EndStats:
+    """How often the target's text ended right after each token, counted over earlier generations' text.
+
+    Each output's first token is left out, in the counts and where they are used (`p_end`): a code block's
+    opening fence, which starts many answers, is the same token as its closing one, which ends them."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, list[int]] = {}  # token -> [times the text ended right after it, times it occurred]
+
+    def learn(self, generated: Sequence[int], eos: frozenset[int]) -> None:
+        """Count a generation's text (an end token in it ends the count; a last token that was followed by
+        nothing, the text cut by its length, is not counted)."""
+        for i in range(1, len(generated) - 1):
+            t = int(generated[i])
+            if t in eos:
+                break
+            c = self.counts.setdefault(t, [0, 0])
+            c[0] += int(generated[i + 1]) in eos
+            c[1] += 1
+
+    def p_end(self, token: int) -> float:
+        ended, seen = self.counts.get(int(token), (0, 0))
+        return ended / (seen + END_PRIOR)
+
+
 def direct_draft(value: DraftValue, review: CostCurve, have: int, spent: float, conf: Sequence[float | None],
                  scale: float = 1.0) -> tuple[float, int, float]:
     """(the best rate of r's step if the draft so far is extended by a prefix of a proposal with these
@@ -145,7 +171,7 @@ def direct_rate(value: DraftValue, review: CostCurve, have: int, spent: float, c
     return direct_draft(value, review, have, spent, conf, scale)[0]
 
 
-_SHARED: "weakref.WeakKeyDictionary[object, dict[tuple, PathStats]]" = weakref.WeakKeyDictionary()
+_SHARED: "weakref.WeakKeyDictionary[object, dict[tuple, PathStats | EndStats]]" = weakref.WeakKeyDictionary()
 
 
 def shared_stats(drafter: object, key: tuple) -> PathStats:
@@ -157,15 +183,25 @@ def shared_stats(drafter: object, key: tuple) -> PathStats:
     return per_model(_SHARED, drafter, dict).setdefault(key, PathStats())
 
 
+def shared_ends(drafter: object, shape: str) -> EndStats:
+    """Where the texts of the cascades of this shape that use this drafter instance ended (`EndStats`), kept
+    beside their path statistics (`shared_stats`), for the same reason: one request ends once."""
+    return per_model(_SHARED, drafter, dict).setdefault(("ends", shape), EndStats())
+
+
 class Router:
     """Routing decisions for one cascade, and the path statistics behind them: with `models` (the cascade's
     levels, None for a statistical one) those are kept per drafter instance across cascades and generations
     (`shared_stats`), else for this cascade only (across its generations)."""
 
-    def __init__(self, models: Sequence[object | None] = (), shape: str = "") -> None:
+    def __init__(self, models: Sequence[object | None] = (), shape: str = "", eos: frozenset[int] = frozenset()) -> None:
         self.models = list(models)
         self.shape = shape  # what else makes two cascades' paths alike: their K, their levels' names
+        self.eos = frozenset(eos)
         self.paths: dict[tuple[int, int], PathStats] = {}
+        # where the target's texts ended, kept with the first neural drafter's path statistics
+        first = next((m for m in self.models[1:] if m is not None), None)
+        self.ends = EndStats() if first is None else shared_ends(first, shape)
         self.decisions = {"via": 0, "direct": 0, "measure": 0}
         self.seconds = 0.0  # wall time spent deciding (the bottom's look-ahead proposals included)
         # direct drafts not taken, to be measured against the text once it is committed: (r, j, the position in
@@ -181,29 +217,39 @@ class Router:
 
     def go_direct(self, r: int, j: int, value: DraftValue, review: CostCurve, have: int, spent: float,
                   conf: Sequence[float | None], catch_up: float = 0.0, proposal: Sequence[int] = (),
-                  at: int | None = None) -> bool:
+                  at: int | None = None, after: int | None = None) -> bool:
         """Whether r's draft should go around drafter j, given the bottom's proposal confidences `conf` and
         what j would first spend catching up on text it missed (`catch_up` seconds). With `at` (the proposal's
         position in the generated text, for r the target) a direct draft not taken is kept to be measured
-        once the text there is committed (`resolve`)."""
+        once the text there is committed (`resolve`). `after`: the token the proposal follows, when it is not
+        the output's first (for r the target), whose measured chance of ending the text (`EndStats`) is the
+        chance that neither path's tokens come."""
         s = self.stats(r, j)
         if value.unknown:
             self.decisions["via"] += 1
             s.skipped = 0
             return False
-        rate, n_direct, whole = direct_draft(value, review, have, spent, conf, s.direct_yield)
+        p_end = self.ends.p_end(after) if after is not None else 0.0
+        live = list(conf)
+        if p_end and live and live[0] is not None:
+            live[0] *= 1.0 - p_end  # the text may end before the proposal's first token
+        rate, n_direct, whole = direct_draft(value, review, have, spent, live, s.direct_yield)
         measure = s.observed < WARMUP or s.skipped >= EXPLORE
         go = False
         if not measure and s.drafts > 0:
-            n = s.drafts
-            # the catch-up is saved only if the direct path carries on: weighed by the direct draft surviving whole
-            via = (value.expected + value.survive * s.accepted / n) / (
-                spent + catch_up * whole + s.seconds / n + review(have + s.tokens / n + 1))
+            n, on = s.drafts, 1.0 - p_end
+            # the catch-up is saved only if the direct path carries on: weighed by the direct draft surviving
+            # whole, or the text ending after it (then j's tokens never come and it is never needed again)
+            via = (value.expected + value.survive * on * s.accepted / n) / (
+                spent + catch_up * (whole + p_end * (1.0 - whole)) + s.seconds / n + review(have + on * s.tokens / n + 1))
             # a direct draft of nothing is a plain step (r reviews what it has): whether j's own tokens beat that
             # is j's planner's call, token by token from its live confidences, not the paths' averages (which,
             # after a few poor drafts, sent every step of an open-ended answer around the 0.5B: 19 target steps
             # for 24 tokens against the unrouted cascade's 13; README, "Routing")
             go = n_direct > 0 and rate >= via
+            if not go and p_end:
+                go = self._end_pays(p_end, catch_up + s.seconds / n + review(have + s.tokens / n + 1),
+                                    review(have + n_direct + 1), s.accepted / n)
         if go:
             s.skipped += 1
             self.decisions["direct"] += 1
@@ -214,6 +260,20 @@ class Router:
         self.decisions["measure" if measure else "via"] += 1
         return False
 
+    @staticmethod
+    def _end_pays(p_end: float, via: float, direct: float, tokens_via: float) -> bool:
+        """Whether going around j pays where the text may end (chance `p_end`): a rate per step undervalues that
+        bet, since j's tokens are only put off by a step if the text goes on, while its catch-up on all it
+        missed buys nothing if the text ends. Going around saves, if the text ends, what the step through j
+        would cost (`via` seconds: the catch-up, j's steps, r's review) beyond the direct step (`direct`
+        seconds); if the text goes on, it costs one more step of r, less the share of the step through j that
+        the token it yields would have taken (`tokens_via` tokens from j on). On the F32 tier's EditEval edits,
+        which end with a code fence and the end token, that last step through the 0.5B cost 0.07-0.53 s, up to
+        two of the target's passes, for no token (README, "Routing")."""
+        saved_if_ends = via - direct
+        lost_if_not = direct - via / (1.0 + tokens_via)
+        return p_end * saved_if_ends > (1.0 - p_end) * lost_if_not
+
     def resolve(self, generated: Sequence[int]) -> None:
         """Measure the direct drafts not taken whose text is now known: how many of their tokens the target
         committed against how many their confidences promised. The direct path is then measured on every
@@ -223,11 +283,18 @@ class Router:
         for r, j, at, tokens, promised in self.pending:
             known = generated[at:at + len(tokens)]
             right = common_prefix(tokens, known)
-            if right < len(known) or len(known) == len(tokens):
+            if right < len(known) and known[right] in self.eos:
+                if right:  # the text ended within it: what came before the end, against its promise
+                    self.stats(r, j).add_direct(sum(promised[:right]), right)
+            elif right < len(known) or len(known) == len(tokens):
                 self.stats(r, j).add_direct(sum(promised), right)
             else:
                 left.append((r, j, at, tokens, promised))
         self.pending = left
+
+    def learn_end(self, generated: Sequence[int]) -> None:
+        """After a generation: count where its text ended (`EndStats`)."""
+        self.ends.learn(generated, self.eos)
 
     def observe(self, r: int, through: dict[int, tuple[int, float]], n_drafted: int, n_accepted: int) -> None:
         """After r's review of a draft of n_drafted tokens, n_accepted of them accepted: for each drafter j
