@@ -44,6 +44,14 @@ measuring every decision without the sharing changed EditEval by nothing (2.84x)
 learn from its own decisions. (Those two groups were replayed on their own; README, "Routing", has the whole
 replay, where the statistics carry over from the other groups.)
 
+Rates per step mislead where the text ends. After a code edit's closing fence the target's next token is the
+end; the bottom proposes, weakly, what followed the fence in the prompt, and the path through j, which
+measurably yields many tokens, wins by rate: j first catches up on everything it missed, then proposes the end
+token that r's review gives anyway (replayed on the F32 tier's 8 EditEval edits: 0.07-0.53 s of the 0.5B,
+priced, for no token, on 5 of them). `EndStats` counts, per drafter instance across requests, how often the
+target's text ended right after each token, and `Router._end_pays` weighs that chance as a bet beside the
+rates. A text's end judges neither path.
+
 If direct is at least as fast and has something to draft, j is skipped for the whole draft (the next level
 fills it, within its K quota); otherwise j drafts it as in the unrouted cascade. A direct draft of nothing is a
 plain step of r, and whether j's tokens beat a plain step is what j's own cost-aware planner decides, from its
