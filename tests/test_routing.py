@@ -224,8 +224,7 @@ def test_the_end_of_a_text_judges_neither_path():
     T, D = tiny.wrap(target, "ends-t"), tiny.wrap(drafters[0], "ends-d")
     first = _routed(T, D)
     out = first.generate(PROMPTS[0], 30).tokens
-    learned = {t: c for t, c in first.router.ends.counts.items()}
-    assert sum(c[1] for c in learned.values()) == len(out) - 2  # neither the first token nor the last
+    assert sum(c[1] for c in first.router.ends.counts.values()) == len(out) - 2  # neither the first token nor the last
     assert _routed(T, D).router.ends is first.router.ends
 
 

@@ -353,9 +353,8 @@ class Cascade:
             self.router.observe(r, {j: v for j, v in through.items() if end_at is None or end_at > v[0]},
                                 len(draft), len(out) - 1)
         if around is not None and len(out) - 1 >= around[1]:  # the direct tokens were reached: measure them
-            # those before the text's end, if it ended within them
-            predicted = sum(survival(draft.conf[around[1]:end_at]))
-            if end_at is None or end_at > around[1]:
+            if end_at is None or end_at > around[1]:  # those before the text's end, if it ended within them
+                predicted = sum(survival(draft.conf[around[1]:end_at]))
                 self.router.observe_direct(r, around[0], predicted, len(out) - 1 - around[1])
         return out
 

@@ -48,7 +48,7 @@ Rates per step mislead where the text ends. After a code edit's closing fence th
 end; the bottom proposes, weakly, what followed the fence in the prompt, and the path through j, which
 measurably yields many tokens, wins by rate: j first catches up on everything it missed, then proposes the end
 token that r's review gives anyway (replayed on the F32 tier's 8 EditEval edits: 0.07-0.53 s of the 0.5B,
-priced, for no token, on 5 of them). `EndStats` counts, per drafter instance across requests, how often the
+priced, for no token, on 5 of them; `scripts/trace-routes.py`, README "Where the text ends"). `EndStats` counts, per drafter instance across requests, how often the
 target's text ended right after each token, and `Router._end_pays` weighs that chance as a bet beside the
 rates. A text's end judges neither path.
 
