@@ -28,6 +28,7 @@ from collections import defaultdict
 
 from csdrafting.bench.replay import load_curves, load_run, oracle, replay, replay_cascade
 from csdrafting.cascade.config import CascadeConfig
+from csdrafting.cascade.planning import EndStats
 from csdrafting.drafters.base import Proposal, StatisticalDrafter
 from csdrafting.drafters.suffix import SuffixDrafter, default_calibration
 
@@ -107,13 +108,17 @@ rows = ["default", "breaks foreseen", "right tokens sure", "perfect planner", "n
 static = CascadeConfig.make([[64]], dynamic=False)
 for cname, curve in load_curves(a.curves).items():
     per: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ends = {k: EndStats() for k in rows[:4]}  # where texts ended, learned along the prompts as the engine does
     for r in refs:
         full = r.prompt + r.output
         got = {
-            "default": replay(r, SuffixDrafter(cal), curve, 64, eos),
-            "breaks foreseen": replay(r, Knowing(cal, full, cut=True, sure=False), curve, 64, eos),
-            "right tokens sure": replay(r, Knowing(cal, full, cut=False, sure=True), curve, 64, eos),
-            "perfect planner": replay(r, Knowing(cal, full, cut=True, sure=True), curve, 64, eos),
+            "default": replay(r, SuffixDrafter(cal), curve, 64, eos, ends=ends["default"]),
+            "breaks foreseen": replay(r, Knowing(cal, full, cut=True, sure=False), curve, 64, eos,
+                                      ends=ends["breaks foreseen"]),
+            "right tokens sure": replay(r, Knowing(cal, full, cut=False, sure=True), curve, 64, eos,
+                                        ends=ends["right tokens sure"]),
+            "perfect planner": replay(r, Knowing(cal, full, cut=True, sure=True), curve, 64, eos,
+                                      ends=ends["perfect planner"]),
             "ngram-mod": replay_cascade(r, [NgramMod()], static, curve, eos),
             "oracle": oracle(r, curve),
         }

@@ -13,6 +13,7 @@ those of the datasets or prompt ids named are printed.
 """
 
 import argparse
+import inspect
 
 from csdrafting.bench import replay as R
 from csdrafting.cascade import engine as E, routing as RT
@@ -47,10 +48,13 @@ def step(self, r, base, first=None):
 def go(self, r, j, *args, **kw):
     direct = go0(self, r, j, *args, **kw)
     if r == 0 and steps:
-        after = kw.get("after", args[8] if len(args) > 8 else None)
-        ends = getattr(self, "ends", None)  # absent before the end statistics (commit 024b74b)
+        # the chance of ending: given (today), or the token after which it is (the router's own statistics, at
+        # commit 024b74b), or absent (before it)
+        given = args[8] if len(args) > 8 else kw.get("p_end", kw.get("after"))
+        old = getattr(self, "ends", None)
+        p_end = (old.p_end(given) if given is not None else 0.0) if old is not None else given or 0.0
         steps[-1].update(route="D" if direct else "V", catch_up=kw.get("catch_up", args[5] if len(args) > 5 else 0.0),
-                         p_end=ends.p_end(after) if ends is not None and after is not None else 0.0)
+                         p_end=p_end)
     return direct
 
 
@@ -59,10 +63,12 @@ spec = CascadeSpec.load(a.config)
 models = load_models(spec, spec.drafters, False)
 curves = cost_curves(spec, [None, *drafter_objects(spec.drafters, spec.drafter_settings, None, models)], False)[1:]
 last_s, last_n = 0.0, 0
+# where texts end, learned along the prompts (today the engine keeps it per target, and each replay has its own)
+carry = {"ends": R.EndStats()} if "ends" in inspect.signature(R.replay_cascade).parameters else {}
 for ref in refs:
     steps.clear()
     got = R.replay_cascade(ref, drafter_objects(spec.drafters, spec.drafter_settings, None, models),
-                           spec.cascade_config([curve, *curves]), curve, eos)
+                           spec.cascade_config([curve, *curves]), curve, eos, **carry)
     if not ({ref.dataset, ref.prompt_id} & show):
         continue
     print(f"{ref.dataset}/{ref.prompt_id}: {got.speedup:.2f}x over plain, {got.steps} target steps, drafters "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from csdrafting.bench.replay import load_run, replay
 from csdrafting.bench.runner import collapse_repeats
+from csdrafting.cascade.planning import EndStats
 from csdrafting.drafters.suffix import SuffixDrafter, default_calibration
 
 
@@ -46,11 +47,12 @@ pairs = {k: v for k, v in by.items() if "csd" in v and "plain" in v}
 
 refs, curve, eos = load_run(run)
 priced = {}
+ends = EndStats()  # where texts ended, learned along the prompts as the engine does
 for ref in refs:
     v = pairs.get((ref.dataset, ref.prompt_id))
     if v is None or v["csd"]["tokens"] != v["plain"]["tokens"] or curve is None:
         continue
-    got = replay(ref, SuffixDrafter(default_calibration()), curve, 64, eos)
+    got = replay(ref, SuffixDrafter(default_calibration()), curve, 64, eos, ends=ends)
     priced[(ref.dataset, ref.prompt_id)] = (target_decode_seconds(v["csd"]) / got.seconds,
                                             target_decode_seconds(v["plain"]) / got.plain_seconds)
 

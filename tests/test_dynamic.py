@@ -6,7 +6,8 @@
   every level (a statistical bottom that trims its proposals, a neural drafter that stops when its
   confidence no longer pays and hands over to the level below, a neural drafter reviewing the suffix
   drafter), under compute-bound and memory-bound cost curves;
-- and the point of it: under a compute-bound cost, an unconfident level drafts nothing (plain steps).
+- and the point of it: under a compute-bound cost, an unconfident level drafts nothing (plain steps); nor does
+  a statistical level right after a token that has often ended the target's text.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import table_lm
 import tiny
 from csdrafting import Cascade, CascadeConfig, CSDraftingError
 from csdrafting.cascade.config import SamplingConfig
-from csdrafting.cascade.planning import AdaptedCurve, CostCurve, DraftValue, PassCosts, best_length, worth_more
+from csdrafting.cascade.planning import AdaptedCurve, CostCurve, DraftValue, EndStats, PassCosts, best_length, worth_more
+from csdrafting.drafters.base import Proposal, StatisticalDrafter
 from csdrafting.drafters.suffix import BIGRAM, Calibration, NgramCounts, SuffixDrafter, bucket
 from test_greedy_exact import PROMPTS, _family, _reference
 from test_sampling_exact import ALPHA, N_RUNS, PROMPT, chi_square_pvalue, exact_distribution
@@ -309,6 +311,66 @@ def test_unconfident_level_drafts_nothing_when_reviews_are_compute_bound():
     # the same drafter under a memory-bound review drafts, and the target needs fewer passes
     r2 = Cascade(T, [SuffixDrafter(cal)], CascadeConfig.make([[8]], dynamic=True, costs=[MEMORY, None])).generate(PROMPTS[0], 30)
     assert r2.tokens == r.tokens and r2.metrics.levels[1].drafted > 0
+
+
+class _UpTo(StatisticalDrafter):
+    """Proposes the target's own next tokens (known from the reference), confidently, up to the next occurrence
+    of one token: every target step then ends with that token (the review's own), and the next starts after it."""
+
+    name = "up-to"
+
+    def __init__(self, full: list[int], stop: int) -> None:
+        self.full, self.stop = full, stop
+
+    def propose(self, seq, n):
+        return self.propose_scored(seq, n).tokens
+
+    def propose_scored(self, seq, n):
+        rest = self.full[len(seq):len(seq) + n]
+        cut = rest.index(self.stop) if self.stop in rest else len(rest)
+        return Proposal(rest[:cut], [0.95] * cut)
+
+
+def test_a_statistical_draft_after_a_likely_end_is_planned_with_that_chance():
+    """A statistical drafter knows nothing of where texts end (after a code edit's closing fence the suffix
+    drafter proposes what followed the fence in the prompt). The engine counts, across the generations of the
+    cascades over a target (one per request), how often the text ended right after each token, and plans the
+    first token a statistical level proposes after the committed text with that chance: where the text has
+    always ended, a compute-bound review does not pay for a draft, and the step is a plain one. The output is
+    the target's own either way, and the statistics are learned by the engine and shared by cascades of the
+    same target and shape."""
+    target, _ = _family(tiny.causal)
+    prompt = PROMPTS[0]
+    out = _reference(target, prompt, 30)
+    # a token that occurs after the output's first and is followed by another: the steps after it are watched
+    stop = next(t for i, t in enumerate(out[1:-1], start=1) if out[i + 1] != t)
+    cfg = CascadeConfig.make([[8]], dynamic=True, costs=[COMPUTE, None])
+
+    def steps_after_stop(T, learned: EndStats | None = None) -> list[int]:
+        c = Cascade(T, [_UpTo(list(prompt) + out, stop)], cfg)
+        if learned is not None:
+            c.ends.counts = {k: list(v) for k, v in learned.counts.items()}
+        batches: list[list[int]] = []
+        r = c.generate(prompt, 30, on_tokens=batches.append)
+        assert r.tokens == out
+        return [len(b) for i, b in enumerate(batches[1:], start=1) if batches[i - 1][-1] == stop
+                and sum(map(len, batches[:i])) >= 2 and sum(map(len, batches[:i])) < len(out) - 1]
+
+    unknown = steps_after_stop(tiny.wrap(target, "no ends known"))
+    assert unknown and all(n > 1 for n in unknown)  # the drafts after the token were reviewed, and accepted
+    ended = EndStats()
+    for _ in range(9):
+        ended.learn([out[0], stop, 0], frozenset({0}))  # the text ended right after it, 9 times in 9
+    known = steps_after_stop(tiny.wrap(target, "ends known"), ended)
+    assert len(known) == len(unknown) and all(n == 1 for n in known)  # plain steps there
+    # learned by the engine, shared by the cascades of one target and shape, not by another shape's
+    T = tiny.wrap(target, "learning")
+    first = Cascade(T, [_UpTo(list(prompt) + out, stop)], cfg)
+    first.generate(prompt, 30)
+    assert sum(c[1] for c in first.ends.counts.values()) == len(out) - 2
+    assert Cascade(T, [_UpTo([], stop)], cfg).ends is first.ends
+    assert Cascade(T, [_UpTo([], stop)], CascadeConfig.make([[4]], dynamic=True, costs=[COMPUTE, None])).ends is not first.ends
+    assert Cascade(T, [_UpTo([], stop)], CascadeConfig.make([[8]])).ends is None  # nothing to plan
 
 
 def _sample_counts(make_cascade, cfg: SamplingConfig, n: int = N_RUNS) -> dict[tuple, int]:

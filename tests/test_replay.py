@@ -12,7 +12,7 @@ import pytest
 import table_lm
 from csdrafting import Cascade, CascadeConfig
 from csdrafting.bench import replay as rp
-from csdrafting.cascade.planning import CostCurve
+from csdrafting.cascade.planning import CostCurve, EndStats
 from csdrafting.drafters.suffix import Calibration, SuffixDrafter, default_calibration
 from csdrafting.protocol import CSDraftingError
 
@@ -179,11 +179,15 @@ def test_replay_of_a_cascade_with_a_neural_drafter(route):
         real = Cascade(T, [D, SuffixDrafter(_calibration())], config)
         real.clock = lambda c=real: sum(lv.priced for lv in c.levels[1:] if isinstance(lv, ModelLevel))
         real.adapt_costs = False  # as the replay: reviews priced by the curve alone, not by the machine's timings
+        # where the texts ended is kept per target (rows.text_ends), and the replay's target is a stand-in: it is
+        # given what the real target's cascades had learned before this prompt
+        ends = EndStats()
+        ends.counts = {t: list(c) for t, c in real.ends.counts.items()}
         res = real.generate(prompt, 40)
         m = res.metrics
         ref = rp.Reference("toy", str(i), prompt, res.tokens, 40)
         vars(tail_yield(D)).update(tails)
-        got = rp.replay_cascade(ref, [D, SuffixDrafter(_calibration())], config, MEMORY)
+        got = rp.replay_cascade(ref, [D, SuffixDrafter(_calibration())], config, MEMORY, ends=ends)
         assert (got.steps, got.drafted, got.accepted) == (m.target_steps, m.levels[1].drafted, m.levels[1].accepted)
         drafting = real.levels[1].priced
         assert got.drafting_seconds == pytest.approx(drafting) and drafting > 0

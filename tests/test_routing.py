@@ -23,8 +23,8 @@ import tiny
 from csdrafting import Cascade, CascadeConfig, CSDraftingError
 from csdrafting.cascade import acceptance, engine
 from csdrafting.cascade.config import SamplingConfig
-from csdrafting.cascade.planning import CostCurve, DraftValue
-from csdrafting.cascade.routing import WARMUP, EndStats, Router, direct_rate
+from csdrafting.cascade.planning import CostCurve, DraftValue, EndStats
+from csdrafting.cascade.routing import WARMUP, Router, direct_rate
 from csdrafting.drafters.base import Proposal, StatisticalDrafter
 from csdrafting.drafters.suffix import SuffixDrafter
 from test_dynamic import CHEAP, MEMORY, _calibration
@@ -187,21 +187,22 @@ def test_a_drafter_is_not_caught_up_where_the_text_likely_ends():
     review = CostCurve((1, 64), (1.0, 1.3))
     eos = frozenset({0})
 
-    def router(ended: int, seen: int) -> Router:
+    def router() -> Router:
         r = Router(eos=eos)
-        for _ in range(seen):
-            r.learn_end([9, 5, 0] if ended > 0 else [9, 5, 6, 7])
-            ended -= 1
         for _ in range(WARMUP):
             r.go_direct(0, 1, DraftValue(), review, 0, 0.0, [])
             r.observe(0, {1: (0, 0.2)}, 12, 11)  # drafts through level 1: 12 tokens, 11 accepted, 0.2 s
         return r
 
-    likely, unlikely = router(5, 5), router(1, 10)
-    assert likely.ends.p_end(5) == pytest.approx(5 / 6) and unlikely.ends.p_end(5) == pytest.approx(1 / 11)
-    assert likely.go_direct(0, 1, DraftValue(), review, 0, 0.0, [], catch_up=1.0, after=5)
-    assert not unlikely.go_direct(0, 1, DraftValue(), review, 0, 0.0, [], catch_up=1.0, after=5)
-    assert not likely.go_direct(0, 1, DraftValue(), review, 0, 0.0, [], catch_up=1.0)  # not after that token
+    likely, unlikely = EndStats(), EndStats()  # after token 5, the text ended 5 times in 5, and once in 10
+    for i in range(10):
+        if i < 5:
+            likely.learn([9, 5, 0], eos)
+        unlikely.learn([9, 5, 0] if i == 0 else [9, 5, 6, 7], eos)
+    assert likely.p_end(5) == pytest.approx(5 / 6) and unlikely.p_end(5) == pytest.approx(1 / 11)
+    assert router().go_direct(0, 1, DraftValue(), review, 0, 0.0, [], catch_up=1.0, p_end=likely.p_end(5))
+    assert not router().go_direct(0, 1, DraftValue(), review, 0, 0.0, [], catch_up=1.0, p_end=unlikely.p_end(5))
+    assert not router().go_direct(0, 1, DraftValue(), review, 0, 0.0, [], catch_up=1.0)  # no end in sight
 
 
 def test_the_end_of_a_text_judges_neither_path():
@@ -224,8 +225,8 @@ def test_the_end_of_a_text_judges_neither_path():
     T, D = tiny.wrap(target, "ends-t"), tiny.wrap(drafters[0], "ends-d")
     first = _routed(T, D)
     out = first.generate(PROMPTS[0], 30).tokens
-    assert sum(c[1] for c in first.router.ends.counts.values()) == len(out) - 2  # neither the first token nor the last
-    assert _routed(T, D).router.ends is first.router.ends
+    assert sum(c[1] for c in first.ends.counts.values()) == len(out) - 2  # neither the first token nor the last
+    assert _routed(T, D).ends is first.ends
 
 
 def test_direct_drafts_not_taken_are_measured_once_their_text_is_committed():

@@ -50,7 +50,7 @@ import numpy as np
 from ..cascade.config import CascadeConfig
 from ..cascade.engine import Cascade, StopGeneration
 from ..cascade.levels import ModelLevel
-from ..cascade.planning import CostCurve
+from ..cascade.planning import CostCurve, EndStats
 from ..drafters.base import StatisticalDrafter
 from ..protocol import CSDraftingError, LanguageModel, ModelInfo
 from ..sequences import common_prefix
@@ -168,18 +168,18 @@ class _ReferenceTarget:
 
 
 def replay(ref: Reference, drafter: StatisticalDrafter, curve: CostCurve, cap: int, eos: frozenset[int] = frozenset(),
-           price: CostCurve | None = None) -> Replayed:
+           price: CostCurve | None = None, ends: EndStats | None = None) -> Replayed:
     """The engine's greedy generation with `drafter` as the only level below the target (K = [[cap]],
     cost-aware), run by the engine itself (`Cascade`) against a target that replays the reference.
 
     The planner plans with `curve`; the steps are priced by `price` (default: the same curve), so a planner
-    that believes a wrong curve can be priced by the right one."""
+    that believes a wrong curve can be priced by the right one. `ends`: as for `replay_cascade`."""
     config = CascadeConfig.make([[cap]], dynamic=True, costs=[curve, None])
-    return replay_cascade(ref, [drafter], config, price or curve, eos)
+    return replay_cascade(ref, [drafter], config, price or curve, eos, ends)
 
 
 def replay_cascade(ref: Reference, drafters: Sequence, config: CascadeConfig, price: CostCurve,
-                   eos: frozenset[int] = frozenset()) -> Replayed:
+                   eos: frozenset[int] = frozenset(), ends: EndStats | None = None) -> Replayed:
     """Any greedy cascade (its K, cost-aware planning, routing) over `drafters`, statistical drafters and real
     neural models alike, run by the engine against a target that replays the reference.
 
@@ -187,7 +187,11 @@ def replay_cascade(ref: Reference, drafters: Sequence, config: CascadeConfig, pr
     curves in `config.costs` (the target's entry there is what the planner believes; `price` is what its
     passes cost). The planner's clock is that price of the drafters' passes so far, so a replay plans the same
     on a busy and an idle machine; a statistical level's own time counts as nothing (~0.4% of a real step).
-    `seconds` is the target's priced reviews plus the drafters' priced passes (decoding only)."""
+    `seconds` is the target's priced reviews plus the drafters' priced passes (decoding only).
+
+    `ends`: where earlier texts ended (`EndStats`), to plan with and to count this one into. The engine keeps
+    them per target instance, and each replay has a target of its own: a replay of many references passes one
+    `EndStats` to all of them, in their order, as a server or a bench learns them across its requests."""
     n = len(ref.output)
     neural_info = next((d.info for d in drafters if isinstance(d, LanguageModel)), None)
     target = _ReferenceTarget(ref, eos, price, neural_info)
@@ -199,6 +203,8 @@ def replay_cascade(ref: Reference, drafters: Sequence, config: CascadeConfig, pr
             raise StopGeneration("reference")
 
     cascade = Cascade(target, list(drafters), config)
+    if ends is not None and cascade.ends is not None:
+        cascade.ends = ends
     neural = [lv for lv in cascade.levels[1:] if isinstance(lv, ModelLevel)]
     cascade.clock = lambda: sum(lv.priced for lv in neural)
     cascade.adapt_costs = False  # the stand-in target's passes cost nothing real: price them by the curve alone
@@ -239,8 +245,10 @@ def table(refs: Sequence[Reference], curve: CostCurve, eos: frozenset[int], sett
         s = dict(zip(keys, combo))
         kw = {k: v for k, v in s.items() if k != "cap"}
         per: dict[str, list[float]] = {}
+        ends = EndStats()  # learned along the references, in their order
         for ref in refs:
-            per.setdefault(ref.dataset, []).append(replay(ref, make(**kw), curve, int(s["cap"]), eos).speedup)
+            per.setdefault(ref.dataset, []).append(replay(ref, make(**kw), curve, int(s["cap"]), eos,
+                                                          ends=ends).speedup)
         rows.append((s, per))
     return rows
 
@@ -298,10 +306,11 @@ def config_rows(refs: Sequence[Reference], price: CostCurve, eos: frozenset[int]
         curves = cost_curves(spec, [None, *drafter_objects(spec.drafters, spec.drafter_settings, None, models)],
                              progress)[1:]
         rows = out[name] = []
+        ends = EndStats()  # learned along the references, in their order
         for r in refs:
             drafters = drafter_objects(spec.drafters, spec.drafter_settings, None, models)
             config = spec.cascade_config([price, *curves])
-            rows.append((r, replay_cascade(r, drafters, config, price, eos)))
+            rows.append((r, replay_cascade(r, drafters, config, price, eos, ends)))
             if progress:
                 print(f"  {name} {r.dataset}/{r.prompt_id}: {rows[-1][1].speedup:.2f}x", file=sys.stderr)
     return out

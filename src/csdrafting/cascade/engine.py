@@ -33,9 +33,9 @@ from ..sequences import common_prefix
 from .config import CascadeConfig, SamplingConfig
 from .levels import Draft, Level, ModelLevel, Run, StatisticalLevel
 from .metrics import GenerationMetrics
-from .planning import CostCurve, StepPlan, TailYield
+from .planning import CostCurve, EndStats, StepPlan, TailYield
 from .routing import Router, survival
-from .rows import tail_yield
+from .rows import tail_yield, text_ends
 
 Drafter = Union[LanguageModel, StatisticalDrafter]
 __all__ = ["Cascade", "Draft", "Drafter", "GenerationResult", "StopGeneration"]
@@ -109,11 +109,19 @@ class Cascade:
         self.eos = frozenset(target.info.eos_token_ids)
         # routing needs a reviewer with a neural drafter to go around and a near-free bottom to look at
         routable = self.bottom >= 2 and isinstance(self.levels[-1], StatisticalLevel)
+        k = self.config.k
+        shape = json.dumps([None if k is None else k.to_json(), [lv.metrics.name for lv in self.levels]])
+        # where the target's texts ended, learned across the cascades of this shape over this target: a
+        # statistical drafter's proposal after a token that often ends the text is planned with that chance (it
+        # knows nothing of ends: after a code edit's closing fence it proposes what followed the fence in the
+        # prompt, and a review of it costs more than the plain step that gives the end token)
+        self.ends: EndStats | None = None
+        if self.dynamic and isinstance(self.levels[-1], StatisticalLevel):
+            self.ends = text_ends(target, shape)
         self.router = None
         if self.config.route and self.dynamic and routable:
             # paths are measured per drafter instance across cascades (a server makes one per request): a
             # reviewer of the same name, in a cascade of the same K and levels
-            shape = json.dumps([self.config.k.to_json(), [lv.metrics.name for lv in self.levels]])
             self.router = Router([lv.model if isinstance(lv, ModelLevel) else None for lv in self.levels], shape,
                                  self.eos)
         # The clock that prices the drafting a step has done so far, for the cost-aware planner (it weighs the
@@ -203,8 +211,9 @@ class Cascade:
                 finish = "eos"
         metrics.seconds = time.perf_counter() - t0
         metrics.new_tokens = len(generated)
+        if self.ends is not None:
+            self.ends.learn(generated, self.eos)
         if self.router is not None:
-            self.router.learn_end(generated)
             metrics.routes = {k: v - routes0[k] for k, v in self.router.decisions.items()}
             metrics.routes["seconds"] = self.router.seconds - routes0_s
         for lv in self.levels:
@@ -321,7 +330,12 @@ class Cascade:
                     tail = (len(draft), got.conf[0], ty)
                     got.conf = [got.conf[0] * ty.factor, *got.conf[1:]]
                 if plan is not None and got:
-                    keep = plan.keep(got.conf, len(draft))
+                    planned = got.conf
+                    if r == 0 and not draft and isinstance(lv, StatisticalLevel) and got.conf[0] is not None:
+                        # the text may end before the proposal's first token (its promise, as routing measures
+                        # it, is kept as proposed: it is judged only where the text went on)
+                        planned = [got.conf[0] * (1.0 - self._end_chance(base)), *got.conf[1:]]
+                    keep = plan.keep(planned, len(draft))
                     if keep < len(got):
                         stalled = True  # confidence fell: the rest of the draft goes to the cheaper level below
                         # A sampled token is never dropped for its own value (or its successors'): which tokens
@@ -332,7 +346,7 @@ class Cascade:
                         if run.sampling.greedy or isinstance(lv, StatisticalLevel):
                             lv.metrics.dropped += len(got) - keep
                             got.truncate(keep)
-                    plan.add(got.conf)
+                    plan.add(planned)
                 if not got:
                     break  # the level had nothing (worth) offering; leave the rest of this quota to the next
                 draft.extend(got)
@@ -358,6 +372,11 @@ class Cascade:
                 self.router.observe_direct(r, around[0], predicted, len(out) - 1 - around[1])
         return out
 
+    def _end_chance(self, generated: list[int]) -> float:
+        """The measured chance that the target's text ends right after `generated` (`EndStats`; none after the
+        output's first token, which the statistics leave out)."""
+        return self.ends.p_end(generated[-1]) if self.ends is not None and len(generated) >= 2 else 0.0
+
     def _priced(self, j: int) -> float:
         """What the levels from j down have cost so far, priced by their cost curves: the units of the
         planner, and the same on every run of the same text (routing then depends on no clock)."""
@@ -377,7 +396,7 @@ class Cascade:
         peek.catch_up = self._catch_up(j, ctx)
         peek.direct = self.router.go_direct(r, j, plan.value, plan.review, have, plan.spent(), prop.conf,
                                             peek.catch_up, prop.tokens, len(ctx) if r == 0 else None,
-                                            ctx[-1] if r == 0 and len(ctx) >= 2 else None)
+                                            self._end_chance(ctx) if r == 0 else 0.0)
         self.router.seconds += time.perf_counter() - t0
         return peek
 

@@ -9,7 +9,10 @@ the first i are all accepted, a draft of n tokens yields E(n) = 1 + P_1 + ... + 
 keeps the n that maximizes E(n) / time(n); n = 0 is a plain step, so a level that is not confident
 enough drafts nothing and the cascade runs at plain speed. Reviews are priced by the curve corrected by what
 the reviewer's passes measurably cost lately (`PassCosts`, `AdaptedCurve`): a curve measured on another day,
-or in isolation, can misprice a review against a plain step.
+or in isolation, can misprice a review against a plain step. A statistical drafter's first token after the
+text so far is also weighed by the chance that the text ends there (`EndStats`, learned from earlier texts):
+such a drafter knows nothing of ends, and after a code edit's closing fence proposes what followed it in the
+prompt.
 
 Every input is known on the drafting side before the review, never the reviewer's probabilities for the
 positions being decided, so the output stays exact (greedy and sampling alike).
@@ -29,6 +32,7 @@ import numpy as np
 from ..protocol import CSDraftingError, LanguageModel
 
 DEFAULT_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
+END_PRIOR = 1.0  # pseudo-occurrences, not followed by the end, behind each token's measured chance of ending the text
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,32 @@ class TailYield:
     @property
     def factor(self) -> float:
         return min(1.0, (self.realized + self.PRIOR) / (self.promised + self.PRIOR))
+
+
+class EndStats:
+    """How often the target's text ended right after each token, counted over earlier generations' text.
+
+    Each output's first token is left out, in the counts and where they are used (`p_end`): a code block's
+    opening fence, which starts many answers, is the same token as its closing one, which ends them."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, list[int]] = {}  # token -> [times the text ended right after it, times it occurred]
+
+    def learn(self, generated: Sequence[int], eos: frozenset[int]) -> None:
+        """Count a generation's text (an end token in it ends the count; a last token that was followed by
+        nothing, the text cut by its length, is not counted)."""
+        for i in range(1, len(generated) - 1):
+            t = int(generated[i])
+            if t in eos:
+                break
+            c = self.counts.setdefault(t, [0, 0])
+            c[0] += int(generated[i + 1]) in eos
+            c[1] += 1
+
+    def p_end(self, token: int) -> float:
+        """The measured chance that the text ends right after `token` (not the output's first token)."""
+        ended, seen = self.counts.get(int(token), (0, 0))
+        return ended / (seen + END_PRIOR)
 
 
 @dataclass

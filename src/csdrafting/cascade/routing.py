@@ -48,9 +48,10 @@ Rates per step mislead where the text ends. After a code edit's closing fence th
 end; the bottom proposes, weakly, what followed the fence in the prompt, and the path through j, which
 measurably yields many tokens, wins by rate: j first catches up on everything it missed, then proposes the end
 token that r's review gives anyway (replayed on the F32 tier's 8 EditEval edits: 0.07-0.53 s of the 0.5B,
-priced, for no token, on 5 of them; `scripts/trace-routes.py`, README "Where the text ends"). `EndStats` counts, per drafter instance across requests, how often the
-target's text ended right after each token, and `Router._end_pays` weighs that chance as a bet beside the
-rates. A text's end judges neither path.
+priced, for no token, on 5 of them; `scripts/trace-routes.py`, README "Where the text ends"). The engine counts,
+per target instance across requests, how often the target's text ended right after each token
+(`planning.EndStats`), and `Router._end_pays` weighs that chance as a bet beside the rates. A text's end
+judges neither path.
 
 If direct is at least as fast and has something to draft, j is skipped for the whole draft (the next level
 fills it, within its K quota); otherwise j drafts it as in the unrouted cascade. A direct draft of nothing is a
@@ -81,7 +82,6 @@ DECAY = 0.9  # weight of the past in the measured path statistics, per observed 
 WARMUP = 2  # drafts through a drafter measured before routing may skip it
 EXPLORE = 16  # a drafter skipped this many times in a row is taken once more, to measure it again
 DIRECT_PRIOR = 2.0  # pseudo-tokens at face value behind the direct path's measured yield (a few steps move it)
-END_PRIOR = 1.0  # pseudo-occurrences, not followed by the end, behind each token's measured chance of ending the text
 
 
 @dataclass
@@ -119,31 +119,6 @@ class PathStats:
         return (self.realized + DIRECT_PRIOR) / (self.predicted + DIRECT_PRIOR)
 
 
-class EndStats:
-    """How often the target's text ended right after each token, counted over earlier generations' text.
-
-    Each output's first token is left out, in the counts and where they are used (`p_end`): a code block's
-    opening fence, which starts many answers, is the same token as its closing one, which ends them."""
-
-    def __init__(self) -> None:
-        self.counts: dict[int, list[int]] = {}  # token -> [times the text ended right after it, times it occurred]
-
-    def learn(self, generated: Sequence[int], eos: frozenset[int]) -> None:
-        """Count a generation's text (an end token in it ends the count; a last token that was followed by
-        nothing, the text cut by its length, is not counted)."""
-        for i in range(1, len(generated) - 1):
-            t = int(generated[i])
-            if t in eos:
-                break
-            c = self.counts.setdefault(t, [0, 0])
-            c[0] += int(generated[i + 1]) in eos
-            c[1] += 1
-
-    def p_end(self, token: int) -> float:
-        ended, seen = self.counts.get(int(token), (0, 0))
-        return ended / (seen + END_PRIOR)
-
-
 def direct_draft(value: DraftValue, review: CostCurve, have: int, spent: float, conf: Sequence[float | None],
                  scale: float = 1.0) -> tuple[float, int, float]:
     """(the best rate of r's step if the draft so far is extended by a prefix of a proposal with these
@@ -179,7 +154,7 @@ def direct_rate(value: DraftValue, review: CostCurve, have: int, spent: float, c
     return direct_draft(value, review, have, spent, conf, scale)[0]
 
 
-_SHARED: "weakref.WeakKeyDictionary[object, dict[tuple, PathStats | EndStats]]" = weakref.WeakKeyDictionary()
+_SHARED: "weakref.WeakKeyDictionary[object, dict[tuple, PathStats]]" = weakref.WeakKeyDictionary()
 
 
 def shared_stats(drafter: object, key: tuple) -> PathStats:
@@ -189,12 +164,6 @@ def shared_stats(drafter: object, key: tuple) -> PathStats:
     spend its first drafts measuring paths through the drafter (WARMUP) and decide the rest from two or three
     of them."""
     return per_model(_SHARED, drafter, dict).setdefault(key, PathStats())
-
-
-def shared_ends(drafter: object, shape: str) -> EndStats:
-    """Where the texts of the cascades of this shape that use this drafter instance ended (`EndStats`), kept
-    beside their path statistics (`shared_stats`), for the same reason: one request ends once."""
-    return per_model(_SHARED, drafter, dict).setdefault(("ends", shape), EndStats())
 
 
 class Router:
@@ -207,9 +176,6 @@ class Router:
         self.shape = shape  # what else makes two cascades' paths alike: their K, their levels' names
         self.eos = frozenset(eos)
         self.paths: dict[tuple[int, int], PathStats] = {}
-        # where the target's texts ended, kept with the first neural drafter's path statistics
-        first = next((m for m in self.models[1:] if m is not None), None)
-        self.ends = EndStats() if first is None else shared_ends(first, shape)
         self.decisions = {"via": 0, "direct": 0, "measure": 0}
         self.seconds = 0.0  # wall time spent deciding (the bottom's look-ahead proposals included)
         # direct drafts not taken, to be measured against the text once it is committed: (r, j, the position in
@@ -225,19 +191,17 @@ class Router:
 
     def go_direct(self, r: int, j: int, value: DraftValue, review: CostCurve, have: int, spent: float,
                   conf: Sequence[float | None], catch_up: float = 0.0, proposal: Sequence[int] = (),
-                  at: int | None = None, after: int | None = None) -> bool:
+                  at: int | None = None, p_end: float = 0.0) -> bool:
         """Whether r's draft should go around drafter j, given the bottom's proposal confidences `conf` and
         what j would first spend catching up on text it missed (`catch_up` seconds). With `at` (the proposal's
         position in the generated text, for r the target) a direct draft not taken is kept to be measured
-        once the text there is committed (`resolve`). `after`: the token the proposal follows, when it is not
-        the output's first (for r the target), whose measured chance of ending the text (`EndStats`) is the
-        chance that neither path's tokens come."""
+        once the text there is committed (`resolve`). `p_end`: the chance that the text ends before the
+        proposal (for r the target: `EndStats` of the token it follows), when neither path's tokens come."""
         s = self.stats(r, j)
         if value.unknown:
             self.decisions["via"] += 1
             s.skipped = 0
             return False
-        p_end = self.ends.p_end(after) if after is not None else 0.0
         live = list(conf)
         if p_end and live and live[0] is not None:
             live[0] *= 1.0 - p_end  # the text may end before the proposal's first token
@@ -299,10 +263,6 @@ class Router:
             else:
                 left.append((r, j, at, tokens, promised))
         self.pending = left
-
-    def learn_end(self, generated: Sequence[int]) -> None:
-        """After a generation: count where its text ended (`EndStats`)."""
-        self.ends.learn(generated, self.eos)
 
     def observe(self, r: int, through: dict[int, tuple[int, float]], n_drafted: int, n_accepted: int) -> None:
         """After r's review of a draft of n_drafted tokens, n_accepted of them accepted: for each drafter j

@@ -26,11 +26,12 @@ import numpy as np
 from ..protocol import ArgmaxExtension, LanguageModel, cache_stamps
 from ..sequences import common_prefix
 from .metrics import LevelMetrics
-from .planning import PassCosts, TailYield
+from .planning import EndStats, PassCosts, TailYield
 
 
 _MEASURED: "weakref.WeakKeyDictionary[LanguageModel, PassCosts]" = weakref.WeakKeyDictionary()
 _TAILS: "weakref.WeakKeyDictionary[LanguageModel, TailYield]" = weakref.WeakKeyDictionary()
+_ENDS: "weakref.WeakKeyDictionary[LanguageModel, dict[str, EndStats]]" = weakref.WeakKeyDictionary()
 
 
 def per_model(registry: weakref.WeakKeyDictionary, model: LanguageModel, make: Callable):
@@ -55,6 +56,14 @@ def tail_yield(drafter: LanguageModel) -> TailYield:
     shared, as `measured_costs`, by every cascade that uses the drafter: a request has too few tails to learn
     it from its own."""
     return per_model(_TAILS, drafter, TailYield)
+
+
+def text_ends(target: LanguageModel, shape: str) -> EndStats:
+    """Where the texts of the cascades of this shape (their K and levels) over this target instance ended
+    (`EndStats`), shared by every such cascade: a server or a bench makes one cascade per request, and one
+    request ends once. Per shape, so that cascades of other K or levels, compared on the same prompts, do not
+    learn from each other's text of the prompt at hand."""
+    return per_model(_ENDS, target, dict).setdefault(shape, EndStats())
 
 
 class RowCache:
