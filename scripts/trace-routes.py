@@ -1,8 +1,7 @@
 """Step by step, the routes a cascade config took along a bench run's `plain` outputs (csdrafting.bench.replay):
 per target step, whether routing went around the neural drafter (D) or through it (V; `?` when it did not
-decide), the drafter's catch-up price and the chance that the text ends there (where the engine has it), the
-draft's length and how much of it was accepted, and what the neural drafters' passes cost, priced by their
-curves. The last step of each prompt is summed apart: where the text ends, a step through a drafter that must
+decide), the drafter's catch-up price and the chance that the text ends there (where the engine has it), how
+many draft tokens the target accepted, and what the neural drafters' passes cost, priced by their curves. The last step of each prompt is summed apart: where the text ends, a step through a drafter that must
 first catch up buys at most the end token.
 
     python scripts/trace-routes.py docs/bench/replay/ref-f32 codeedit \\
@@ -40,8 +39,7 @@ def step(self, r, base, first=None):
     steps.append(row)
     before = self._priced(1)
     out = step0(self, r, base, first)
-    row.update(accepted=len(out) - 1, drafter_s=self._priced(1) - before,
-               drafted=self.levels[0].metrics.drafted - row.get("drafted0", 0))
+    row.update(accepted=len(out) - 1, drafter_s=self._priced(1) - before)
     return out
 
 
