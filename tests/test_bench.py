@@ -746,6 +746,11 @@ def test_also_configs_and_the_suffix_drafter_run_as_bench_rows(tmp_path):
     d1_, d2_ = (ex.cascade(csd.resolve(), csd.name).drafters[0] for _ in range(2))
     assert d1_ is d2_ and d1_.store is not None and len(d1_.store.text) > 0  # it stored the csd run's output
     assert ex.cascade(csd.resolve(), "another method").drafters[0] is not d1_
+    # where texts end is learned per method too: a method of the same shape does not plan with csd's text
+    learned = ex.cascade(csd.resolve(), csd.name).ends
+    assert learned is not None and learned.counts  # csd's runs were counted
+    assert ex.cascade(csd.resolve(), csd.name).ends is learned
+    assert not ex.cascade(csd.resolve(), "another method").ends.counts
     with pytest.raises(CSDraftingError, match="not the bench's target"):
         build_methods(spec, ["plain"], also=[("x", CascadeSpec(target=str(paths["D"])))])
 

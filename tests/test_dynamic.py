@@ -349,7 +349,7 @@ def test_a_statistical_draft_after_a_likely_end_is_planned_with_that_chance():
     def steps_after_stop(T, learned: EndStats | None = None) -> list[int]:
         c = Cascade(T, [_UpTo(list(prompt) + out, stop)], cfg)
         if learned is not None:
-            c.ends.counts = {k: list(v) for k, v in learned.counts.items()}
+            c.ends = learned.copy()
         batches: list[list[int]] = []
         r = c.generate(prompt, 30, on_tokens=batches.append)
         assert r.tokens == out
@@ -369,6 +369,7 @@ def test_a_statistical_draft_after_a_likely_end_is_planned_with_that_chance():
     first.generate(prompt, 30)
     assert sum(c[1] for c in first.ends.counts.values()) == len(out) - 2
     assert Cascade(T, [_UpTo([], stop)], cfg).ends is first.ends
+    assert Cascade(T, [_UpTo([], stop)], cfg, scope="a bench method").ends is not first.ends  # another scope
     assert Cascade(T, [_UpTo([], stop)], CascadeConfig.make([[4]], dynamic=True, costs=[COMPUTE, None])).ends is not first.ends
     assert Cascade(T, [_UpTo([], stop)], CascadeConfig.make([[8]])).ends is None  # nothing to plan
 

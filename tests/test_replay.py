@@ -12,7 +12,7 @@ import pytest
 import table_lm
 from csdrafting import Cascade, CascadeConfig
 from csdrafting.bench import replay as rp
-from csdrafting.cascade.planning import CostCurve, EndStats
+from csdrafting.cascade.planning import CostCurve
 from csdrafting.drafters.suffix import Calibration, SuffixDrafter, default_calibration
 from csdrafting.protocol import CSDraftingError
 
@@ -181,8 +181,7 @@ def test_replay_of_a_cascade_with_a_neural_drafter(route):
         real.adapt_costs = False  # as the replay: reviews priced by the curve alone, not by the machine's timings
         # where the texts ended is kept per target (rows.text_ends), and the replay's target is a stand-in: it is
         # given what the real target's cascades had learned before this prompt
-        ends = EndStats()
-        ends.counts = {t: list(c) for t, c in real.ends.counts.items()}
+        ends = real.ends.copy()
         res = real.generate(prompt, 40)
         m = res.metrics
         ref = rp.Reference("toy", str(i), prompt, res.tokens, 40)

@@ -74,9 +74,16 @@ def may_cut_drafted_end(run: Run, lv: Level) -> bool:
 
 
 class Cascade:
-    """A target, its drafters (largest first, optionally ending in a statistical drafter) and a CascadeConfig."""
+    """A target, its drafters (largest first, optionally ending in a statistical drafter) and a CascadeConfig.
 
-    def __init__(self, target: LanguageModel, drafters: Sequence[Drafter] = (), config: CascadeConfig | None = None) -> None:
+    What a cascade learns that outlives its requests (where the target's texts end, routing's path statistics)
+    is kept per model instance and shared by every cascade of the same K, levels and `scope`: a server makes
+    one cascade per request and leaves the scope empty, so its requests learn from each other; a benchmark gives
+    each method its own scope, so that no method learns from another's text of the prompt at hand.
+    """
+
+    def __init__(self, target: LanguageModel, drafters: Sequence[Drafter] = (), config: CascadeConfig | None = None,
+                 scope: str = "") -> None:
         self.config = config or CascadeConfig()
         drafters = list(drafters)
         self.config.check_levels(len(drafters))
@@ -110,7 +117,7 @@ class Cascade:
         # routing needs a reviewer with a neural drafter to go around and a near-free bottom to look at
         routable = self.bottom >= 2 and isinstance(self.levels[-1], StatisticalLevel)
         k = self.config.k
-        shape = json.dumps([None if k is None else k.to_json(), [lv.metrics.name for lv in self.levels]])
+        shape = json.dumps([None if k is None else k.to_json(), [lv.metrics.name for lv in self.levels], scope])
         # where the target's texts ended, learned across the cascades of this shape over this target: a
         # statistical drafter's proposal after a token that often ends the text is planned with that chance (it
         # knows nothing of ends: after a code edit's closing fence it proposes what followed the fence in the

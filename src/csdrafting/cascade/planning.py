@@ -279,6 +279,12 @@ class EndStats:
             c[0] += int(generated[i + 1]) in eos
             c[1] += 1
 
+    def copy(self) -> "EndStats":
+        """An independent copy of the counts so far (a replay started from what a real run had learned)."""
+        out = EndStats()
+        out.counts = {t: list(c) for t, c in self.counts.items()}
+        return out
+
     def p_end(self, token: int) -> float:
         """The measured chance that the text ends right after `token` (not the output's first token)."""
         ended, seen = self.counts.get(int(token), (0, 0))

@@ -173,7 +173,7 @@ class Router:
 
     def __init__(self, models: Sequence[object | None] = (), shape: str = "", eos: frozenset[int] = frozenset()) -> None:
         self.models = list(models)
-        self.shape = shape  # what else makes two cascades' paths alike: their K, their levels' names
+        self.shape = shape  # what else makes two cascades' paths alike: their K, their levels' names, their scope
         self.eos = frozenset(eos)
         self.paths: dict[tuple[int, int], PathStats] = {}
         self.decisions = {"via": 0, "direct": 0, "measure": 0}

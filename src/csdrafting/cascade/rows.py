@@ -59,10 +59,10 @@ def tail_yield(drafter: LanguageModel) -> TailYield:
 
 
 def text_ends(target: LanguageModel, shape: str) -> EndStats:
-    """Where the texts of the cascades of this shape (their K and levels) over this target instance ended
-    (`EndStats`), shared by every such cascade: a server or a bench makes one cascade per request, and one
-    request ends once. Per shape, so that cascades of other K or levels, compared on the same prompts, do not
-    learn from each other's text of the prompt at hand."""
+    """Where the texts of the cascades of this shape (their K, levels and scope: `Cascade`) over this target
+    instance ended (`EndStats`), shared by every such cascade: a server or a bench makes one cascade per request,
+    and one request ends once. Per shape, so that cascades of other K or levels, or a bench's other methods,
+    compared on the same prompts, do not learn from each other's text of the prompt at hand."""
     return per_model(_ENDS, target, dict).setdefault(shape, EndStats())
 
 

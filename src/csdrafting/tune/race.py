@@ -121,11 +121,11 @@ def race_dynamic(static_spec, target: LanguageModel, neural: dict, res, prompts,
         candidates.append(replace(base, drafters=[ref, CONFIDENT], k=KMatrix.parse([[12, 12], [0, 8]])))
         candidates.append(replace(base, drafters=[ref, CONFIDENT], k=KMatrix.parse([[12, LONG], [0, 8]]), route=True))
 
-    def engine(spec):
-        return lambda: spec_cascade(calibrated(spec, cal_path), target, neural)
+    def entry(label, spec):  # each candidate learns across the prompts from its own texts only (its scope)
+        return Entry(label, lambda: spec_cascade(calibrated(spec, cal_path), target, neural, scope=label), spec)
 
-    entries = [Entry(f"static best: {static_spec.describe()}", engine(static_spec), static_spec)]
-    entries += [Entry(c.describe(), engine(c), c) for c in candidates]
+    entries = [entry(f"static best: {static_spec.describe()}", static_spec)]
+    entries += [entry(c.describe(), c) for c in candidates]
     plain = race(target, entries, [p for _, p in prompts], max_new, progress=progress)
     table = []
     for e in entries:
@@ -138,10 +138,12 @@ def race_dynamic(static_spec, target: LanguageModel, neural: dict, res, prompts,
     return best.spec, table
 
 
-def spec_cascade(spec, target: LanguageModel, neural: dict, given: dict | None = None) -> Cascade:
+def spec_cascade(spec, target: LanguageModel, neural: dict, given: dict | None = None, scope: str = "") -> Cascade:
     """The cascade a spec describes over models already loaded: statistical drafters built as the spec
-    configures them (those in `given` reused), cost curves from the spec, else measured now."""
+    configures them (those in `given` reused), cost curves from the spec, else measured now; `scope` as in
+    `Cascade` (candidates compared on the same prompts each learn from their own texts)."""
     from ..spec import cost_curves, drafter_objects
 
     drafters = drafter_objects(spec.drafters, spec.drafter_settings, target.info.vocab_size, neural, given)
-    return Cascade(target, drafters, spec.cascade_config(cost_curves(spec, [target, *drafters], progress=False)))
+    return Cascade(target, drafters, spec.cascade_config(cost_curves(spec, [target, *drafters], progress=False)),
+                   scope=scope)

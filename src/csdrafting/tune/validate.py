@@ -139,8 +139,8 @@ def _configs(spec: CascadeSpec, report: dict, meas: Measurements, extra: list, o
 
 
 def _engine(c, target, neural: dict, statistical: dict) -> Cascade:
-    if not isinstance(c, Config):
-        return spec_cascade(c, target, neural)
+    if not isinstance(c, Config):  # a cost-aware spec: its own scope (the configs are compared on the same prompts)
+        return spec_cascade(c, target, neural, scope=json.dumps(c.to_json(), sort_keys=True))
     if not c.drafters:
         return Cascade(target, [])
     from ..spec import drafter_objects

@@ -64,7 +64,8 @@ class EngineExecutor:
     def cascade(self, params: dict, method: str = "") -> Cascade:
         """The engine for one run. A statistical drafter with a cross-request store is kept per (method,
         drafter) across runs, as one server process keeps it across requests; each method has its own, so no
-        method sees another's output of the same prompt."""
+        method sees another's output of the same prompt; for the same reason the cascade's statistics learned
+        across requests (where texts end, routing's paths) are scoped to the method."""
         refs = params["drafters"]
         settings = params["drafter_settings"] if "drafter_settings" in params else (
             self.spec.drafter_settings if self.spec is not None else {})
@@ -78,7 +79,7 @@ class EngineExecutor:
         if config.dynamic and drafters and config.costs is None:
             refs = ["target", *params["drafters"]]
             config = dataclasses.replace(config, costs=tuple(self._curve(r) for r in refs))
-        return Cascade(self.target, drafters, config)
+        return Cascade(self.target, drafters, config, scope=method)
 
     def _curve(self, ref: str):
         """The cost curve of a level for dynamic methods: the spec's measured one, else measured once here."""
