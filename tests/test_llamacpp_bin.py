@@ -245,8 +245,10 @@ def _executor(monkeypatch, fixture: str):
     return ex, meta, seen
 
 
-def test_executor_records_the_programs_own_figures(monkeypatch):
+def test_executor_records_the_programs_own_figures(monkeypatch, tmp_path):
     ex, meta, seen = _executor(monkeypatch, "ngram-map-k")
+    monkeypatch.setenv("CSDRAFTING_CACHE", str(tmp_path / "cache"))
+    ex.model = tmp_path / "cache" / "models" / "t.gguf"  # where `make models` puts it
     m = {x.name: x for x in build_methods(CascadeSpec(target=T, drafters=[D], k=[[4]]), methods=(),
                                            peers=("llama-cpp-ngram-map-k",))}["llama-cpp-ngram-map-k"]
     prompt = [ord(c) for c in meta["prompt_text"]]
@@ -264,3 +266,6 @@ def test_executor_records_the_programs_own_figures(monkeypatch):
     assert o.config["prompt_ids_identical"] and o.config["eos_not_in_tokens"]
     assert o.config["load_and_exit_seconds"] == pytest.approx(1.5)
     assert "<prompt text>" in o.config["argv"] and meta["prompt_text"] not in o.config["argv"]
+    # the records are committed as evidence: the machine's cache path is not spelled out in them
+    assert str(ex.model) in seen["argv"] and "$CSDRAFTING_CACHE/models/t.gguf" in o.config["argv"]
+    assert not any(str(tmp_path) in a for a in o.config["argv"])

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from ...cascade.metrics import GenerationMetrics, LevelMetrics
 from ...spec import resolve
+from ...store.paths import ENV_VAR, cache_dir
 from ..methods import LLAMA_BIN, Method, model_name
 from .common import WARMUP_TEXT, WARMUP_TOKENS, Outcome
+
+
+def portable(arg: str) -> str:
+    """A program argument as a record keeps it: a path under the cache written from `$CSDRAFTING_CACHE`, one
+    under the home directory from `~` (records are evidence that gets committed; a machine's paths are not)."""
+    for root, name in ((str(cache_dir()), "$" + ENV_VAR), (os.path.expanduser("~"), "~")):
+        if root not in ("", "~", os.sep) and (arg == root or arg.startswith(root + os.sep)):
+            return name + arg[len(root):]
+    return arg
 
 
 class LlamaCppBinExecutor:
@@ -90,7 +101,7 @@ class LlamaCppBinExecutor:
                               prefill_seconds=max(0.0, e2e - o.decode_seconds))
         conf = {
             "program": prog, "spec_type": self.lb.SPEC_TYPES[method.name],
-            "argv": [x if x != text else "<prompt text>" for x in argv],
+            "argv": [portable(x) if x != text else "<prompt text>" for x in argv],
             "prompt_ids_identical": self._ids(text, add_bos=True) == list(prompt),
             "decode_seconds": o.decode_seconds, "decode_tokens_per_second_printed": o.decode_speed,
             "eval_seconds_printed": o.eval_seconds,
