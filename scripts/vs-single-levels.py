@@ -70,9 +70,10 @@ for m in methods[1:]:
 curve = next((CostCurve.from_json(r["target_cost_curve"]) for r in records if r.get("target_cost_curve")), None)
 if curve is not None:
     def ceiling(v: dict) -> float:
-        p = v["plain"]
-        return oracle(Reference(p["dataset"], p["prompt_id"], [], p["tokens"][: p["new_tokens"]], p["max_new_tokens"]),
-                      curve).speedup
+        p = v["plain"]  # a conversation's turns are drafted apart (max_new_tokens is per turn)
+        got = [oracle(Reference(p["dataset"], p["prompt_id"], [], t["tokens"][: t["new_tokens"]], p["max_new_tokens"]),
+                      curve) for t in p.get("turns") or [p]]
+        return sum(g.plain_seconds for g in got) / sum(g.seconds for g in got)
 
     print(f"| oracle, k={best_oracle_length(curve)}, priced by the run's curve | " + " | ".join(cells(ceiling)) + " |")
 for c in cascades:

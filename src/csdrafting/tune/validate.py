@@ -139,7 +139,7 @@ def _configs(spec: CascadeSpec, report: dict, meas: Measurements, extra: list, o
 
 
 def _engine(c, target, neural: dict, statistical: dict) -> Cascade:
-    if not isinstance(c, Config):  # a cost-aware spec: its own scope (the configs are compared on the same prompts)
+    if not isinstance(c, Config):  # a spec: its own scope (the configs are compared on the same prompts)
         return spec_cascade(c, target, neural, scope=json.dumps(c.to_json(), sort_keys=True))
     if not c.drafters:
         return Cascade(target, [])
