@@ -269,3 +269,11 @@ def test_executor_records_the_programs_own_figures(monkeypatch, tmp_path):
     # the records are committed as evidence: the machine's cache path is not spelled out in them
     assert str(ex.model) in seen["argv"] and "$CSDRAFTING_CACHE/models/t.gguf" in o.config["argv"]
     assert not any(str(tmp_path) in a for a in o.config["argv"])
+    from csdrafting.bench.executors.programs import portable
+
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "disk")
+    monkeypatch.setenv("CSDRAFTING_CACHE", str(tmp_path / "link"))  # a cache reached through a link
+    assert portable(str(tmp_path / "disk" / "m.gguf")) == "$CSDRAFTING_CACHE/m.gguf"
+    assert portable(str(tmp_path / "link" / "m.gguf")) == "$CSDRAFTING_CACHE/m.gguf"
+    assert portable("-n") == "-n" and not portable(str(tmp_path / "diskette")).startswith("$CSDRAFTING_CACHE")

@@ -15,7 +15,10 @@ from .common import WARMUP_TEXT, WARMUP_TOKENS, Outcome
 def portable(arg: str) -> str:
     """A program argument as a record keeps it: a path under the cache written from `$CSDRAFTING_CACHE`, one
     under the home directory from `~` (records are evidence that gets committed; a machine's paths are not)."""
-    for root, name in ((str(cache_dir()), "$" + ENV_VAR), (os.path.expanduser("~"), "~")):
+    cache, home = cache_dir(), os.path.expanduser("~")
+    # the cache as spelled and as resolved (a cache reached through a link), before the home that may hold it
+    for root, name in ((str(cache), "$" + ENV_VAR), (str(cache.resolve()), "$" + ENV_VAR), (home, "~"),
+                       (os.path.realpath(home), "~")):
         if root not in ("", "~", os.sep) and (arg == root or arg.startswith(root + os.sep)):
             return name + arg[len(root):]
     return arg
