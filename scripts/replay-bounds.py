@@ -111,17 +111,13 @@ for cname, curve in load_curves(a.curves).items():
     ends = {k: EndStats() for k in rows[:4]}  # where texts ended, learned along the prompts as the engine does
     for r in refs:
         full = r.prompt + r.output
-        got = {
-            "default": replay(r, SuffixDrafter(cal), curve, 64, eos, ends=ends["default"]),
-            "breaks foreseen": replay(r, Knowing(cal, full, cut=True, sure=False), curve, 64, eos,
-                                      ends=ends["breaks foreseen"]),
-            "right tokens sure": replay(r, Knowing(cal, full, cut=False, sure=True), curve, 64, eos,
-                                        ends=ends["right tokens sure"]),
-            "perfect planner": replay(r, Knowing(cal, full, cut=True, sure=True), curve, 64, eos,
-                                      ends=ends["perfect planner"]),
-            "ngram-mod": replay_cascade(r, [NgramMod()], static, curve, eos),
-            "oracle": oracle(r, curve),
-        }
+        drafters = {"default": SuffixDrafter(cal),
+                    "breaks foreseen": Knowing(cal, full, cut=True, sure=False),
+                    "right tokens sure": Knowing(cal, full, cut=False, sure=True),
+                    "perfect planner": Knowing(cal, full, cut=True, sure=True)}
+        got = {name: replay(r, d, curve, 64, eos, ends=ends[name]) for name, d in drafters.items()}
+        got["ngram-mod"] = replay_cascade(r, [NgramMod()], static, curve, eos)
+        got["oracle"] = oracle(r, curve)
         for k, v in got.items():
             per[r.dataset][k].append(v.speedup)
         if a.per_prompt and r.dataset.startswith(a.per_prompt):

@@ -1,8 +1,9 @@
 """Step by step, the routes a cascade config took along a bench run's `plain` outputs (csdrafting.bench.replay):
 per target step, whether routing went around the neural drafter (D) or through it (V; `?` when it did not
 decide), the drafter's catch-up price and the chance that the text ends there (where the engine has it), how
-many draft tokens the target accepted, and what the neural drafters' passes cost, priced by their curves. The last step of each prompt is summed apart: where the text ends, a step through a drafter that must
-first catch up buys at most the end token.
+many draft tokens the target accepted, and what the neural drafters' passes cost, priced by their curves. The
+last step of each prompt is summed apart: where the text ends, a step through a drafter that must first catch
+up buys at most the end token.
 
     python scripts/trace-routes.py docs/bench/replay/ref-f32 codeedit \\
         --curves docs/bench/replay/curves-f32.json --config docs/bench/configs/f32-csd-dynamic.json

@@ -128,7 +128,7 @@ class Cascade:
         self.router = None
         if self.config.route and self.dynamic and routable:
             # paths are measured per drafter instance across cascades (a server makes one per request): a
-            # reviewer of the same name, in a cascade of the same K and levels
+            # reviewer of the same name, in a cascade of the same K, levels and scope
             self.router = Router([lv.model if isinstance(lv, ModelLevel) else None for lv in self.levels], shape,
                                  self.eos)
         # The clock that prices the drafting a step has done so far, for the cost-aware planner (it weighs the
